@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"shortcut-kd {name}", description=COMMANDS[name][1])
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from shortcut_kd.errors import ShortcutKDError
+
+    try:
+        return int(module.run(args) or 0)
+    except ShortcutKDError as e:  # bad input or settings: the message says what to fix
+        print(f"shortcut-kd {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

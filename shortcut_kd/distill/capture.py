@@ -8,6 +8,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from shortcut_kd.errors import ConfigError
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (else the model itself)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
 
 class FeatureCapture:
     """Context manager that records the outputs of named sub-modules during forward passes.
@@ -17,7 +26,7 @@ class FeatureCapture:
     output of its most recent forward call (overwritten at every call).
 
     Args:
-        model: the network to tap.
+        model: the network to tap (a ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through).
         names: sub-module names as accepted by ``model.get_submodule`` (e.g. ``"layer1"``).
         detach: store detached outputs (for a frozen teacher or for analysis).
 
@@ -29,8 +38,8 @@ class FeatureCapture:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], detach: bool = False) -> None:
-        self.model = model
-        self.names = list(names)
+        self.model = model = unwrap_model(model)
+        self.names = list(dict.fromkeys(names))
         self.detach = detach
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -39,8 +48,8 @@ class FeatureCapture:
                 model.get_submodule(name)
             except AttributeError as e:
                 valid = [n for n, _ in model.named_modules() if n][:40]
-                raise ValueError(f"model {type(model).__name__} has no sub-module '{name}'. "
-                                 f"Fix: use one of {valid}...") from e
+                raise ConfigError("taps", name, f"{type(model).__name__} has no such sub-module; "
+                                  f"use one of {valid}.") from e
 
     def _hook(self, name: str):
         def record(_module: nn.Module, _inputs, output) -> None:
@@ -51,6 +60,7 @@ class FeatureCapture:
         return record
 
     def __enter__(self) -> "FeatureCapture":
+        self.remove()  # re-entering never stacks a second set of hooks
         self.features.clear()
         for name in self.names:
             self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))

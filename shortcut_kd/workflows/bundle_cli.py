@@ -1,0 +1,165 @@
+"""``shortcut-kd run BUNDLE STAGE``: run one stage of a shortcut-kd MONAI bundle.
+
+The same as ``python -m monai.bundle run --config_file "['configs/train.json','configs/<stage>.json']"``
+with ``bundle_root``, ``dataset_dir`` and ``output_dir`` filled in, so a bundle runs from any folder::
+
+    shortcut-kd run isic2017 train   --dataset-dir /data/ISIC2017
+    shortcut-kd run isic2017 teacher --dataset-dir /data/ISIC2017
+    shortcut-kd run isic2017 distill --dataset-dir /data/ISIC2017
+    shortcut-kd run isic2017 evaluate --dataset-dir /data/ISIC2017
+    shortcut-kd run isic2017 inference --dataset-dir /data/new_cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from shortcut_kd.errors import ConfigError, ShortcutKDError
+
+__all__ = ["STAGES", "BUNDLES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow", "toolkit_error",
+           "add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
+
+STAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "train": (("train.json",), "train"),
+    "teacher": (("train.json", "teacher.json"), "train"),
+    "distill": (("train.json", "distill.json"), "train"),
+    "oracle": (("train.json", "oracle.json"), "train"),
+    "evaluate": (("train.json", "evaluate.json"), "train"),
+    "inference": (("inference.json",), "infer"),
+}
+"""stage -> (config files merged in order, ``ConfigWorkflow`` workflow type)."""
+
+ALIASES = {"erm": "train", "kd": "distill", "infer": "inference", "eval": "evaluate"}
+
+BUNDLES = {"isic2017": "isic2017_shortcut_kd", "chexpert": "chexpert_shortcut_kd", "simba": "simba_shortcut_kd"}
+"""short name -> bundle folder under the repository's ``bundles/``."""
+
+
+def _default_bundles_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "bundles"
+
+
+def resolve_bundle(bundle: str, bundles_dir: str | Path | None = None) -> Path:
+    """The bundle folder of ``bundle``: a path to a bundle folder, or a short name (``isic2017``,
+    ``chexpert``, ``simba``, or a folder name under ``bundles_dir``)."""
+    path = Path(bundle).expanduser()
+    if (path / "configs").is_dir():
+        return path.resolve()
+    root = Path(bundles_dir) if bundles_dir else _default_bundles_dir()
+    for candidate in (root / BUNDLES.get(bundle, bundle), root / bundle):
+        if (candidate / "configs").is_dir():
+            return candidate.resolve()
+    raise ConfigError("BUNDLE", bundle, f"give a bundle folder (one with configs/) or one of {sorted(BUNDLES)} "
+                                        f"(looked in {root}).")
+
+
+def stage_configs(bundle_dir: Path, stage: str) -> tuple[list[str], str]:
+    """The config files (merged in order) and the workflow type of ``stage``."""
+    stage = ALIASES.get(stage, stage)
+    if stage not in STAGES:
+        raise ConfigError("STAGE", stage, f"use one of {sorted(STAGES)}.")
+    names, workflow_type = STAGES[stage]
+    files = [bundle_dir / "configs" / n for n in names]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError("STAGE", stage, f"the bundle has no {f}; it is not a shortcut-kd bundle.")
+    return [str(f) for f in files], workflow_type
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def bundle_overrides(args: argparse.Namespace, bundle_dir: Path, stage: str) -> dict[str, Any]:
+    """Config overrides from the command line (``bundle_root``, ``dataset_dir``, ``output_dir``, epochs, --set)."""
+    overrides: dict[str, Any] = {"bundle_root": str(Path(args.bundle_root).resolve() if args.bundle_root else bundle_dir)}
+    if args.dataset_dir:
+        overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
+    if args.output_dir:
+        overrides["output_dir"] = str(Path(args.output_dir).resolve())
+    if args.epochs is not None:
+        if ALIASES.get(stage, stage) in ("inference", "evaluate"):
+            raise ConfigError("--epochs", args.epochs, f"the '{stage}' stage does not train; leave --epochs out.")
+        overrides["train#trainer#max_epochs"] = int(args.epochs)
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", item, "write KEY=VALUE, e.g. --set shortcut#p_bias_pos=0.9")
+        overrides[key.strip()] = _parse_value(raw)
+    return overrides
+
+
+def make_workflow(bundle: str, stage: str, overrides: dict[str, Any] | None = None, tracking: str | None = None,
+                  bundles_dir: str | Path | None = None, multi_gpu: bool = False):
+    """A ``monai.bundle.ConfigWorkflow`` for ``stage`` of ``bundle`` (not yet initialised)."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle_dir = resolve_bundle(bundle, bundles_dir)
+    files, workflow_type = stage_configs(bundle_dir, stage)
+    if multi_gpu:
+        if workflow_type != "train":
+            raise ConfigError("--multi-gpu", stage, "only training stages run under torchrun.")
+        files.append(str(bundle_dir / "configs" / "multi_gpu_train.json"))
+    overrides = dict(overrides or {})
+    overrides.setdefault("bundle_root", str(bundle_dir))
+    return ConfigWorkflow(config_file=files, meta_file=str(bundle_dir / "configs" / "metadata.json"),
+                          logging_file=str(bundle_dir / "configs" / "logging.conf"), workflow_type=workflow_type,
+                          tracking=tracking, **overrides)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", help="bundle folder, or isic2017 / chexpert / simba")
+    parser.add_argument("stage", help="train (erm), teacher, distill (kd), oracle, evaluate or inference")
+    parser.add_argument("--dataset-dir", help="the dataset in its native layout (inference: the files to predict)")
+    parser.add_argument("--output-dir", help="splits, logs, results.json, predictions.csv (default: BUNDLE/eval)")
+    parser.add_argument("--epochs", type=int, help="train#trainer#max_epochs")
+    parser.add_argument("--bundle-root", help="bundle_root: where models/ is read and written (default: the bundle "
+                                              "folder)")
+    parser.add_argument("--bundles-dir", help="where short bundle names are looked up (default: the repository's "
+                                              "bundles/)")
+    parser.add_argument("--tracking", help="experiment tracking: 'mlflow' or a tracking settings file")
+    parser.add_argument("--multi-gpu", action="store_true",
+                        help="merge configs/multi_gpu_train.json (run under torchrun --nproc_per_node=N)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config key, VALUE as JSON, e.g. --set shortcut#name='\"noise\"' "
+                             "--set network_def#widen_factor=0.5")
+
+
+def run(args: argparse.Namespace) -> int:
+    bundle_dir = resolve_bundle(args.bundle, args.bundles_dir)
+    overrides = bundle_overrides(args, bundle_dir, args.stage)
+    workflow = make_workflow(str(bundle_dir), args.stage, overrides, tracking=args.tracking,
+                             multi_gpu=args.multi_gpu)
+    try:
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    except Exception as e:
+        cause = toolkit_error(e)
+        if cause is None:
+            raise
+        raise cause from e
+    return 0
+
+
+def toolkit_error(error: BaseException) -> ShortcutKDError | None:
+    """The toolkit error (bad data or settings) behind a MONAI config error, if there is one.
+
+    MONAI wraps what a ``_target_`` raises in ``RuntimeError("Failed to instantiate component ...")``;
+    the command shows the toolkit's own message (file, field and fix) instead of that traceback.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ShortcutKDError):
+            return cause
+        cause = cause.__cause__
+    return None

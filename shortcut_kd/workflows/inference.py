@@ -1,0 +1,326 @@
+"""Inference for clinical pipelines: DICOM / NIfTI / PNG / JPEG files in, one CSV row per file out.
+
+A bundle's ``inference.json`` composes these pieces around a stock MONAI ``SupervisedEvaluator``:
+
+- :func:`list_inputs`: the files to predict, from a folder (searched recursively; DICOM files without an
+  extension are recognised by their ``DICM`` marker), a text/CSV list of paths, or a list.
+- :func:`check_inputs`: runs the bundle's preprocessing (the training pipeline without the shortcut) on
+  every file once and sets aside those that cannot be read or do not fit the network, with the reason,
+  so one broken file never stops the others.
+- :class:`PredictionWriter`: a handler that writes ``predictions.csv`` atomically, in input order, with
+  ``file, probability, predicted_label, status, reason`` (and ``gradcam`` when overlays are written).
+- :class:`GradCAMWriter`: a handler that writes a Grad-CAM overlay PNG per image (optional).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from shortcut_kd.errors import DataError
+from shortcut_kd.io import write_text
+
+__all__ = [
+    "INPUT_SUFFIXES",
+    "CSV_COLUMNS",
+    "InferenceInputs",
+    "list_inputs",
+    "check_inputs",
+    "existing_checkpoint",
+    "overlay_name",
+    "PredictionWriter",
+    "GradCAMWriter",
+]
+
+logger = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
+"""File name endings :func:`list_inputs` collects from a folder (plus DICOM files without an extension)."""
+
+CSV_COLUMNS = ("file", "probability", "predicted_label", "status", "reason")
+"""Columns of ``predictions.csv``; ``probability`` is ``softmax(logits)[1]``, the positive class."""
+
+_LIST_SUFFIXES = (".txt", ".csv", ".lst")
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    """A DICOM Part 10 file carries ``DICM`` after its 128-byte preamble."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_input(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    if name.startswith("."):
+        return False
+    if any(name.endswith(s) for s in suffixes):
+        return True
+    return "." not in name and _has_dicom_marker(path)
+
+
+def _read_list_file(path: Path) -> list[str]:
+    """Paths from a text file (one per line) or a CSV whose ``file``/``image``/``path`` column (or first
+    column) holds them; relative paths are taken relative to the list file's folder."""
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header = [h.strip().lower() for h in rows[0]]
+    column = next((header.index(c) for c in ("file", "image", "path", "filename") if c in header), None)
+    body = rows[1:] if column is not None else rows
+    column = column or 0
+    files = []
+    for row in body:
+        if len(row) > column and row[column].strip() and not row[column].lstrip().startswith("#"):
+            value = row[column].strip()
+            files.append(value if os.path.isabs(value) else str(path.parent / value))
+    return files
+
+
+def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike],
+                suffixes: Sequence[str] = INPUT_SUFFIXES) -> list[dict]:
+    """The files to predict, as a MONAI datalist ``[{"image": path, "file": path}]`` in a stable order.
+
+    Args:
+        source: a folder (searched recursively for ``suffixes``, sorted by path; DICOM files without an
+            extension are included), a single image file, a ``.txt`` / ``.csv`` list of paths (relative to
+            the list's folder), or a list of paths (kept in the given order, also when a file is missing:
+            it gets a row with the reason).
+        suffixes: file name endings collected from a folder.
+
+    Raises:
+        DataError: ``source`` does not exist, or a folder holds no image.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_input(p, suffixes))
+            if not files:
+                raise DataError(f"no image files ({', '.join(suffixes)} or DICOM) in the folder.", file=str(path),
+                                fix="point dataset_dir at the folder of DICOM / NIfTI / PNG / JPEG files to predict.")
+        elif path.is_file() and path.name.lower().endswith(_LIST_SUFFIXES):
+            files = _read_list_file(path)
+        elif path.is_file():
+            files = [str(path)]
+        else:
+            raise DataError("input folder or file not found.", file=str(path),
+                            fix="set dataset_dir to a folder of images, an image, or a text/CSV list of paths.")
+    else:
+        files = [str(p) for p in source]
+    return [{"image": f, "file": f} for f in files]
+
+
+@dataclass
+class InferenceInputs:
+    """The outcome of :func:`check_inputs`.
+
+    Args:
+        readable: datalist items the preprocessing accepts (the evaluator's data).
+        failures: ``{"file": ..., "reason": ...}`` of every file it rejects.
+        files: every input file, in input order (the CSV's row order).
+    """
+
+    readable: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def _reason(error: BaseException) -> str:
+    """A one-line reason, from the deepest toolkit error in the chain when there is one."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__
+    if cause is None:
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = str(cause)
+        prefix = f"file '{cause.file}'"
+        if cause.file is not None and text.startswith(prefix):  # the CSV row names the file already
+            text = text[len(prefix):].lstrip(" ,:")
+    return " ".join(text.split())
+
+
+def check_inputs(datalist: Sequence[dict], transform: Callable, spatial_dims: int | None = None,
+                 in_channels: int | None = None, image_key: str = "image") -> InferenceInputs:
+    """Run ``transform`` on every item once; keep the items it accepts and record why it rejects the rest.
+
+    A file is rejected when it is missing, cannot be decoded (truncated, no pixel data, unsupported
+    compression), or does not give an image of ``in_channels`` channels and ``spatial_dims`` dimensions
+    after preprocessing (e.g. a 3D volume given to a 2D bundle). Each file is decoded twice (here and in
+    the evaluator), which keeps memory flat for folders of any size.
+
+    Args:
+        datalist: items from :func:`list_inputs`.
+        transform: the bundle's inference preprocessing.
+        spatial_dims: the network's spatial dimensions (checked when given).
+        in_channels: the network's input channels (checked when given).
+        image_key: the image field.
+    """
+    out = InferenceInputs()
+    for item in datalist:
+        file = str(item.get("file", item[image_key]))
+        out.files.append(file)
+        try:
+            if not os.path.exists(str(item[image_key])):
+                raise DataError("file not found.", file=file, fix="check the path.")
+            image = transform(dict(item))[image_key]
+            shape = tuple(image.shape)
+            if spatial_dims is not None and len(shape) - 1 != int(spatial_dims):
+                raise DataError(f"preprocessed image has shape {shape}, not {spatial_dims} spatial dimensions.",
+                                file=file, fix=f"give this bundle {spatial_dims}D images.")
+            if in_channels is not None and shape[0] != int(in_channels):
+                raise DataError(f"preprocessed image has {shape[0]} channels; the network expects {in_channels}.",
+                                file=file, fix=f"give images with {in_channels} channel(s) (e.g. not a 4D series).")
+            out.readable.append(dict(item))
+        except Exception as e:  # any failure of one file: report it and go on with the others
+            reason = _reason(e)
+            logger.warning("skipped %s: %s", file, reason)
+            out.failures.append({"file": file, "reason": reason})
+    logger.info("%d of %d inputs readable", len(out.readable), len(out.files))
+    return out
+
+
+def existing_checkpoint(path: str | os.PathLike) -> str:
+    """``path`` if the checkpoint exists, else a DataError saying which stage writes it."""
+    if not Path(path).is_file():
+        raise DataError("checkpoint not found.", file=str(path),
+                        fix="train the model first (models/model_kd.pt: the 'distill' stage, models/model.pt: "
+                            "'train'), or set ckpt_path to an existing checkpoint.")
+    return str(path)
+
+
+def overlay_name(file: str) -> str:
+    """The Grad-CAM PNG name of an input: its stem plus a short hash of its full path (unique per file)."""
+    name = Path(file).name
+    for suffix in sorted(INPUT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    digest = hashlib.sha1(str(file).encode()).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+    return f"{safe}_{digest}.png"
+
+
+def _items(engine: Engine, file_key: str = "file") -> list[tuple[dict, dict]]:
+    """(input item, output item) pairs of the current iteration (decollated or not)."""
+    batch, output = engine.state.batch, engine.state.output
+    if isinstance(batch, dict):
+        n = len(batch[file_key])
+        batch = [{k: v[i] for k, v in batch.items() if isinstance(v, (list, tuple, torch.Tensor)) and len(v) == n}
+                 for i in range(n)]
+    if isinstance(output, dict):
+        output = [{"pred": p} for p in output["pred"]]
+    return list(zip(batch, output))
+
+
+class PredictionWriter:
+    """Collect the positive-class probability of every image and write ``predictions.csv`` at the end.
+
+    Rows follow the input order; a file that could not be read has ``status`` ``error`` and the reason,
+    the others ``ok``. The CSV is written atomically (also when every file failed: call :meth:`write`).
+
+    Args:
+        output_file: the CSV to write.
+        inputs: the :class:`InferenceInputs` from :func:`check_inputs`.
+        threshold: ``predicted_label = 1`` when ``probability >= threshold``.
+        gradcam_dir: the folder of :class:`GradCAMWriter` overlays; adds a ``gradcam`` column.
+        pred_key: output field with the softmax probabilities (``Activationsd(softmax=True)``).
+        file_key: input field with the file path.
+    """
+
+    def __init__(self, output_file: str | os.PathLike, inputs: InferenceInputs, threshold: float = 0.5,
+                 gradcam_dir: str | os.PathLike | None = None, pred_key: str = "pred", file_key: str = "file") -> None:
+        self.output_file, self.inputs, self.threshold = Path(output_file), inputs, float(threshold)
+        self.gradcam_dir = Path(gradcam_dir) if gradcam_dir else None
+        self.pred_key, self.file_key = pred_key, file_key
+        self.probabilities: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, lambda e: self.write())
+
+    def collect(self, engine: Engine) -> None:
+        for item, out in _items(engine, self.file_key):
+            pred = torch.as_tensor(out[self.pred_key]).detach().float().reshape(-1)
+            if pred.numel() < 2:
+                raise DataError(f"prediction has {pred.numel()} value(s); expected two class probabilities.",
+                                file=str(item[self.file_key]), fix="use a two-logit network and softmax post-processing.")
+            self.probabilities[str(item[self.file_key])] = float(pred[1])
+
+    def rows(self) -> list[list[Any]]:
+        """The CSV rows (without the header)."""
+        failures = {f["file"]: f["reason"] for f in self.inputs.failures}
+        rows = []
+        for file in self.inputs.files:
+            if file in self.probabilities:
+                p = self.probabilities[file]
+                row = [file, f"{p:.6f}", int(p >= self.threshold), "ok", ""]
+                extra = [str(self.gradcam_dir / overlay_name(file))] if self.gradcam_dir else []
+            else:
+                row = [file, "", "", "error", failures.get(file, "not processed")]
+                extra = [""] if self.gradcam_dir else []
+            rows.append(row + extra)
+        return rows
+
+    def write(self) -> Path:
+        """Write the CSV atomically and return its path."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(list(CSV_COLUMNS) + (["gradcam"] if self.gradcam_dir else []))
+        writer.writerows(self.rows())
+        write_text(self.output_file, buf.getvalue())
+        logger.info("predictions for %d of %d files written to %s", len(self.probabilities), len(self.inputs.files),
+                    self.output_file)
+        return self.output_file
+
+
+class GradCAMWriter:
+    """Write a Grad-CAM overlay of the positive class for every image, one PNG per input file.
+
+    Uses ``shortcut_kd.evaluation.gradcam_maps`` (MONAI ``GradCAM`` on a copy of the network) and
+    ``save_gradcam_panel`` (3D volumes: the mid axial slice). Files are named by :func:`overlay_name`.
+
+    Args:
+        network: the model of the evaluator.
+        target_layer: the layer to explain, e.g. ``layer4`` (ResNet), ``features.denseblock4`` (DenseNet),
+            ``block5`` (SimBA CNN).
+        output_dir: where the PNGs go.
+        class_idx: the class to explain (1: the finding).
+        file_key: input field with the file path.
+    """
+
+    def __init__(self, network: nn.Module, target_layer: str, output_dir: str | os.PathLike, class_idx: int = 1,
+                 file_key: str = "file") -> None:
+        self.network, self.target_layer, self.output_dir = network, target_layer, Path(output_dir)
+        self.class_idx, self.file_key = int(class_idx), file_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from shortcut_kd.evaluation import gradcam_maps, save_gradcam_panel
+
+        pairs = _items(engine, self.file_key)
+        images = torch.stack([torch.as_tensor(item["image"]).detach().float() for item, _ in pairs])
+        device = next(self.network.parameters()).device
+        maps = gradcam_maps(self.network, images, self.target_layer, class_idx=self.class_idx, device=device)
+        for i, (item, out) in enumerate(pairs):
+            file = str(item[self.file_key])
+            p = float(torch.as_tensor(out["pred"]).reshape(-1)[1])
+            save_gradcam_panel(images[i:i + 1].cpu(), None, {"Grad-CAM": maps[i:i + 1]},
+                               self.output_dir / overlay_name(file), titles=[f"{Path(file).name}  p={p:.2f}"])

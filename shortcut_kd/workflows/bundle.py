@@ -236,6 +236,31 @@ class ResumableCheckpoint:
         save_torch(self.path, {k: _unwrap(v).state_dict() for k, v in self._objects.items()})
 
 
+class ResetHeadHandler:
+    """Re-initialise the network's classifier head when training starts (after a CheckpointLoader
+    attached before it has loaded the ERM weights): the specialist teacher keeps the ERM backbone
+    but learns a fresh head on the bias-free subset (see benchmarks/method_study.md).
+
+    Args:
+        network: the network whose head (``shortcut_kd.nets.get_head_name``) is reset.
+        enabled: False leaves the head as loaded (e.g. when no ERM checkpoint exists).
+    """
+
+    def __init__(self, network: nn.Module, enabled: bool = True) -> None:
+        self.network, self.enabled = network, enabled
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from shortcut_kd.nets import get_head_name
+
+        if engine.state.iteration == 0:  # a fresh start, not a resume from the stage's own last state
+            net = _unwrap(self.network)
+            net.get_submodule(get_head_name(net)).reset_parameters()
+
+
 class TeacherProbesHandler:
     """When the teacher's training completes, fit one linear probe per tap and save them.
 

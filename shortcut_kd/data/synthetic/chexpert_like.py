@@ -83,11 +83,7 @@ def sample_chest_params(rng: np.random.Generator, effusion: np.ndarray, variant:
 
 def _acquire(rng: np.random.Generator, img: np.ndarray, p: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Detector response: optional blur, exposure curve (gain, offset, gamma) and noise."""
-    if float(p["blur"].max()) > 0:
-        from scipy.ndimage import gaussian_filter
-
-        sigma = float(np.mean(p["blur"])) * size / 64.0
-        img = gaussian_filter(img, sigma=(0, sigma, sigma), mode="nearest")
+    img = ph.blur_each(img, p["blur"] * size / 64.0)
     c = lambda k: ph.col(p[k], 2)  # noqa: E731
     img = np.clip(img, 0, 1) ** c("gamma") * c("gain") + c("offset")
     return np.clip(ph.add_noise(rng, img, p["noise"]), 0, 1)

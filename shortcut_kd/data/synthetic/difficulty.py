@@ -22,7 +22,6 @@ smallest learner that shows which signal is easier, cheap enough for a 2-core CP
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any, Callable
 

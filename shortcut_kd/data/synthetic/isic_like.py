@@ -11,9 +11,10 @@ dermatoscope's round field of view (both independent of the label).
 - seborrheic keratosis (negative for the melanoma task): a sharply bordered, light-brown
   "stuck-on" lesion with small bright milia-like dots.
 
-Border irregularity, asymmetry and variegation are drawn from overlapping ranges for benign
-lesions and melanomas, and the lesion size and base darkness have the same distribution in
-every class, so the classes overlap in global colour statistics.
+Border irregularity, asymmetry and variegation strengths of benign lesions and melanomas are
+drawn from adjacent ranges, and what shows of them depends on random harmonics and random
+patch patterns, so borderline cases look alike; lesion size and base darkness have the same
+distribution in every class, so the classes overlap in global colour statistics.
 """
 
 from __future__ import annotations
@@ -168,11 +169,7 @@ def render_dermoscopy(rng: np.random.Generator, p: dict[str, np.ndarray], size: 
     rad = np.sqrt(x ** 2 + y ** 2)
     vignette = 1 - c("vignette") * ph.sigmoid((rad - c("vignette_radius")) / 0.08)
     img = img * vignette[..., None]
-    if float(p["blur"].max()) > 0:
-        from scipy.ndimage import gaussian_filter
-
-        sigma = float(np.mean(p["blur"])) * size / 64.0
-        img = gaussian_filter(img, sigma=(0, sigma, sigma, 0), mode="nearest")
+    img = ph.blur_each(img, p["blur"] * size / 64.0, channel_last=True)
     img = img * p["balance"][:, None, None, :] * c("gain")[..., None]
     img = np.clip(img, 0, 1) ** c("gamma")[..., None]
     noise = rng.standard_normal(img.shape, dtype=np.float32) * c("noise")[..., None]

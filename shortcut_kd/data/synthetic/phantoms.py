@@ -176,7 +176,8 @@ def split_counts(n: int, fractions: Sequence[float], key: str = "fractions") -> 
     """Split ``n`` items into parts proportional to ``fractions``, each part non-empty when ``n`` allows."""
     fr = np.asarray(fractions, dtype=float)
     if fr.ndim != 1 or (fr < 0).any() or fr.sum() <= 0:
-        raise ConfigError(key, tuple(fractions), "give non-negative fractions with a positive sum, e.g. (0.7, 0.1, 0.2).")
+        raise ConfigError(key, tuple(fractions),
+                          "give non-negative fractions with a positive sum, e.g. (0.7, 0.1, 0.2).")
     fr = fr / fr.sum()
     counts = np.floor(fr * n).astype(int)
     counts[int(np.argmax(fr))] += n - counts.sum()
@@ -230,3 +231,15 @@ def blob_field(rng: np.random.Generator, n: int, size: int, dims: int, cells: in
         spec = f"b{letters},i{ch}->b{letters.replace(ch, 'i')}"
         field = np.einsum(spec, field, kernel, optimize=False)
     return np.ascontiguousarray(field, dtype=np.float32)
+
+
+def blur_each(images: np.ndarray, sigma: np.ndarray, channel_last: bool = False) -> np.ndarray:
+    """Gaussian blur with a per-image ``sigma`` (pixels, ``(B,)``); a zero sigma leaves the image as is."""
+    from scipy.ndimage import gaussian_filter
+
+    out = images.copy()
+    spatial = images.ndim - 1 - int(channel_last)
+    for i, s in enumerate(np.asarray(sigma, dtype=float)):
+        if s > 0:
+            out[i] = gaussian_filter(images[i], sigma=(s,) * spatial + ((0,) if channel_last else ()), mode="nearest")
+    return out

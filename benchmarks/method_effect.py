@@ -22,7 +22,6 @@ are reused, so a rerun with other ``distill.*`` settings only retrains ``kd`` (u
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -33,6 +32,7 @@ import torch
 
 from shortcut_kd.evaluation.schema import validate_results
 from shortcut_kd.io import write_json
+from shortcut_kd.workflows.cli import parse_overrides
 from shortcut_kd.workflows.demo import ensure_synthetic
 from shortcut_kd.workflows.presets import load_protocol_preset
 from shortcut_kd.workflows.protocol import run_protocol
@@ -41,23 +41,6 @@ from shortcut_kd.workflows.settings import from_dict
 TARGETS = {"gap_closed_conflicting": 0.8, "kd_over_erm_delta_tpr": 0.5}
 METHODS = ("erm", "teacher", "kd", "oracle")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _overrides(items: list[str]) -> dict:
-    """``--set key=json`` items as a nested dict (``distill.weight=30`` -> ``{"distill": {"weight": 30}}``)."""
-    nested: dict = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        head, _, tail = key.partition(".")
-        if tail:
-            nested.setdefault(head, {})[tail] = value
-        else:
-            nested[head] = value
-    return nested
 
 
 def summarize(results: dict) -> dict:
@@ -97,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     preset.pop("synthetic_n", None)
     out = Path(args.out)
     data_dir = ensure_synthetic("isic2017", out, n, args.seed, "iid")
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     failed = False
     for shortcut in args.shortcut or ["patch", "noise"]:
         settings = from_dict({**preset, "shortcut": shortcut, "dataset_dir": str(data_dir),

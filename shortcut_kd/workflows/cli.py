@@ -31,8 +31,15 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
                                                "architecture", "epochs", "seed", "device", "amp")}
     settings = load_settings(args.config, **overrides) if args.config else \
         ExperimentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    nested = parse_overrides(args.set)
+    return settings.replace(**nested) if nested else settings
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set key=json`` items as a nested dict (``distill.weight=30`` -> ``{"distill": {"weight": 30}}``);
+    a value that is not JSON is taken as a string."""
     nested: dict = {}
-    for item in args.set:
+    for item in items:
         key, _, raw = item.partition("=")
         try:
             value = json.loads(raw)
@@ -43,7 +50,7 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
             nested.setdefault(head, {})[tail] = value
         else:
             nested[head] = value
-    return settings.replace(**nested) if nested else settings
+    return nested
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

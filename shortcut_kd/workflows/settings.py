@@ -11,7 +11,7 @@ import yaml
 
 from shortcut_kd.errors import ConfigError
 
-from shortcut_kd.evaluation.schema import METHOD_ORDER as METHODS  # results.json method keys, report order
+from shortcut_kd.evaluation.schema import METHOD_ORDER as METHODS  # noqa: F401 - results.json method keys, report order
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -101,8 +101,3 @@ class _LastCheckpoint:
 
         save_torch(self.path, {k: v.state_dict() for k, v in self.save_dict.items()})
 
-
-def iterate(loader: Iterable, device: torch.device):
-    """Images of a loader moved to ``device`` (for feature extraction outside an engine)."""
-    for batch in loader:
-        yield batch["image"].to(device), batch

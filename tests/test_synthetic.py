@@ -257,6 +257,10 @@ def test_simba_effects_are_regional():
     # disease: left hemisphere (x < 0 in RAS); bias: right posterior region
     assert d_disease[:half].sum() > 4 * d_disease[half:].sum()
     assert d_bias[half:, :half].sum() > 2 * (d_bias.sum() - d_bias[half:, :half].sum())
+    q = simba_like.sample_brain_params(make_rng(0, "t"), ones, ones, bias_effect="intensity")
+    brighter = render(dict(base, bias_int=q["bias_int"])) - ref
+    assert brighter[:, half:, :half].sum() > 4 * np.abs(brighter).sum(axis=0)[:half].sum()
+    assert brighter[:, half:, :half].mean() > 0
 
 
 def test_finding_is_learnable_but_not_a_brightness_cue():

@@ -11,9 +11,9 @@ Following SimBA's recipe (a template augmented with subject, disease and bias ef
   unchanged skull, widening the CSF space and thinning the cortex there; its magnitude varies
   between subjects and is comparable to the subject deformations;
 - bias effect (``bias_label`` 1, file names ending ``_B``): either the same kind of atrophy,
-  stronger and more consistent, in a fixed right parieto-occipital region
-  (``bias_effect="morphology"``, default), or a local intensity increase there
-  (``bias_effect="intensity"``);
+  stronger and more consistent, in a fixed right parietal region (``bias_effect="morphology"``,
+  default; easier for a small CNN to pick up than the disease), or a local intensity increase
+  there (``bias_effect="intensity"``);
 - acquisition: smooth multiplicative bias field, Rician noise, stored as int16.
 
 Bias rates: in ``train`` the bias is present on ``train_bias[0]`` of the diseased and
@@ -38,7 +38,7 @@ SPLITS = ("train", "val", "test")
 HEADER = ("filename", "filepath", "class_label", "bias_label", "subject_id")
 #: Centres (template coordinates, RAS, in [-1, 1]) of the disease and the bias regions.
 DISEASE_CENTRE = (-0.5, 0.25, 0.05)
-BIAS_CENTRE = (0.35, -0.5, 0.3)
+BIAS_CENTRE = (0.4, -0.35, 0.2)
 REGION_SIGMA = 0.2
 #: Field of view (mm) of an ``iid`` volume; an ``ood`` volume covers ``fov`` times more.
 FOV_MM = 192.0

@@ -155,15 +155,18 @@ def render_dermoscopy(rng: np.random.Generator, p: dict[str, np.ndarray], size: 
     pigment = pigment * (1 - milia[..., None]) + rgb(np.array([0.93, 0.88, 0.78], np.float32)) * milia[..., None]
     img = skin * (1 - lesion[..., None]) + pigment * lesion[..., None]
 
-    # hairs: thin dark curves crossing the image
+    # hairs: thin dark curves crossing the image (drawn only where a hair is switched on)
     for h in range(N_HAIRS):
-        hc = lambda k: ph.col(p[k][:, h], 2)  # noqa: E731
-        hx, hy = xs - hc("hair_x"), ys - hc("hair_y")
+        idx = np.flatnonzero(p["hair_on"][:, h] > 0)
+        if len(idx) == 0:
+            continue
+        hc = lambda k: ph.col(p[k][idx, h], 2)  # noqa: E731
+        hx, hy = xs[idx] - hc("hair_x"), ys[idx] - hc("hair_y")
         along = np.cos(hc("hair_angle")) * hx + np.sin(hc("hair_angle")) * hy
         across = -np.sin(hc("hair_angle")) * hx + np.cos(hc("hair_angle")) * hy - hc("hair_curve") * along ** 2
         width = np.maximum(hc("hair_width"), 1.0 / size)
-        strand = np.exp(-((across / width) ** 2)) * hc("hair_on") * hc("hair_dark")
-        img = img * (1 - strand[..., None]) + rgb(_HAIR) * strand[..., None]
+        strand = (np.exp(-((across / width) ** 2)) * hc("hair_dark"))[..., None]
+        img[idx] = img[idx] * (1 - strand) + rgb(_HAIR) * strand
 
     # dermatoscope and camera
     rad = np.sqrt(x ** 2 + y ** 2)

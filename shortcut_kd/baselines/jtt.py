@@ -9,7 +9,8 @@ The two-stage recipe:
    it has learnt the shortcut but not memorised the exceptions);
 2. ``error_ids = find_errors(erm_model, train_loader_without_augmentation, device)``;
 3. ``upsampled = jtt_upsample(train_datalist, error_ids, lambda_up)`` (each error ``λ`` times);
-4. train a new model *from scratch* on ``upsampled`` with plain ERM, as long as an ERM run.
+4. train a new model *from scratch* on ``upsampled`` with plain ERM, as long as an ERM run (the
+   protocol gives it as many steps as ERM by default: ``BaselineSettings.jtt_budget``).
 
 What information it uses: training images and labels only, no bias labels (the paper tunes ``T``
 and ``λ`` on a validation set with group labels; here they are fixed settings).

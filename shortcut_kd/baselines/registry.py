@@ -75,7 +75,7 @@ BASELINES: dict[str, BaselineSpec] = {
         ),
         BaselineSpec(
             key="jtt", family="group", plugs_into="two_stage", components=("find_errors", "jtt_upsample"),
-            bias_labels="none", uses_specialist=False, needs_erm=True, settings=("jtt_epochs", "jtt_lambda"),
+            bias_labels="none", uses_specialist=False, needs_erm=True, settings=("jtt_epochs", "jtt_lambda", "jtt_budget"),
             reference="Liu et al., ICML 2021",
             summary="ERM for a few epochs, then retraining from scratch with its errors upsampled λ times",
         ),

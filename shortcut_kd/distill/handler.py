@@ -29,6 +29,12 @@ else:
 
 __all__ = ["LayerwiseDistillationHandler", "kd_output_transform"]
 
+
+def _world_size() -> int:
+    """Number of DDP processes (1 when torch.distributed is not in use)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
 TASK_LOSS = "task_loss"
 
 
@@ -245,6 +251,7 @@ class LayerwiseDistillationHandler:
                 handlers.insert(0, handlers.pop())
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._loss_completed)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_gradients)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._release)
         engine.add_event_handler(Events.COMPLETED, self._release)
 
@@ -284,6 +291,9 @@ class LayerwiseDistillationHandler:
             pending, self._pending_state = self._pending_state, None
             self.load_state_dict(pending)
         params = self.distill_loss.trainable_parameters()
+        if _world_size() > 1:  # every rank starts from rank 0's probes / adapters, as DDP does for the network
+            for p in params:
+                torch.distributed.broadcast(p.data, src=0)
         if params and self.lr is None:
             # join the first param group rather than adding one: LR schedulers built on the optimizer before
             # this point keep one entry per group (LambdaLR fails on an extra group), and the probes and
@@ -324,6 +334,26 @@ class LayerwiseDistillationHandler:
         self._cache.clear()
 
     # ------------------------------------------------------------------------------------------ events
+
+    def _average_gradients(self, engine: Engine) -> None:
+        """Under DDP, average the probes' / adapters' gradients across ranks before the optimizer step.
+
+        They sit outside the ``DistributedDataParallel`` wrapper of the student (the handler adds them
+        after the trainer was built), so nothing else all-reduces them; without this each rank's copy
+        would drift apart."""
+        world = _world_size()
+        if world <= 1 or self.distill_loss is None:
+            return
+        grads = [p.grad for p in self.distill_loss.trainable_parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _epoch_started(self, engine: Engine) -> None:
         self._sums, self._count = {}, 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from shortcut_kd.io import write_json
+from shortcut_kd.workflows.cli import parse_overrides
 from shortcut_kd.workflows.presets import load_protocol_preset
 from shortcut_kd.workflows.protocol import QUICK_METHODS, run_protocol
 from shortcut_kd.workflows.settings import METHODS, from_dict
@@ -30,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs of every biased-set stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-figures", action="store_true", help="skip Grad-CAM and layer-probe figures")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a setting of the preset, e.g. --set image_size=48 --set distill.weight=30")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_demo(dataset=args.dataset, shortcuts=args.shortcut, out=args.out, device=args.device,
                        amp=args.amp, quick=args.quick, fresh=args.fresh, n=args.n, epochs=args.epochs,
                        seed=args.seed, methods=args.methods.split(",") if args.methods else None,
-                       figures=not args.no_figures)
+                       figures=not args.no_figures, overrides=parse_overrides(args.set))
     from shortcut_kd.evaluation.report import format_table
 
     print(format_table(results))
@@ -60,8 +64,12 @@ def ensure_synthetic(dataset: str, out: Path, n: int, seed: int, variant: str) -
 
 def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_out", device: str = "cpu",
              amp: bool = False, quick: bool = False, fresh: bool = False, n: int | None = None,
-             epochs: int | None = None, seed: int = 0, methods=None, figures: bool = True) -> dict:
-    """Run the demo and return the combined results (also written to ``out/results.json``)."""
+             epochs: int | None = None, seed: int = 0, methods=None, figures: bool = True,
+             overrides: dict | None = None) -> dict:
+    """Run the demo and return the combined results (also written to ``out/results.json``).
+
+    ``overrides``: settings that replace the preset's (nested dicts for ``distill`` / ``baselines``).
+    """
     out = Path(out)
     preset = load_protocol_preset(f"demo_{dataset}")
     n = n or preset.pop("synthetic_n", 2000)
@@ -78,13 +86,18 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
                               else shortcut, "dataset_dir": str(data_dir), "ood_dir": str(ood_dir),
                               "output_dir": str(out / shortcut), "device": device, "amp": amp, "seed": seed,
                               **({"epochs": epochs} if epochs else {})})
+        if overrides:
+            settings = settings.replace(**overrides)
         logger.info("== %s: shortcut %s, methods %s", dataset, shortcut, ",".join(methods))
         result = run_protocol(settings, methods, fresh=fresh)
         experiments.append(result)
         if figures:
             from shortcut_kd.workflows.figures import make_figures
 
-            result.update(make_figures(settings, methods))
+            made = make_figures(settings, methods)
+            # relative to results.json, so the output folder can be moved or shared
+            made["figures"] = {c: os.path.relpath(path, out) for c, path in made["figures"].items()}
+            result.update(made)
     combined = {"schema": "shortcut-kd/results-set/v1", "experiments": experiments}
     write_json(out / "results.json", combined)
     from shortcut_kd.evaluation.report import write_report

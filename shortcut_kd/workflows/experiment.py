@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset, DataLoader, Dataset
 
 from shortcut_kd.io import read_json
 from shortcut_kd.workflows.datasets import DatasetSpec, get_dataset_spec
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 TEST_ROLES = {"unbiased": "test_unbiased", "aligned": "test_aligned", "conflicting": "test_conflicting",
               "clean": "test_clean", "ood": "test_ood"}
 """results.json test key -> split role."""
+
+_PASS_THROUGH = ("role",)
+"""Datalist fields that do not change an item's preprocessing (see ``Experiment.preprocess``)."""
 
 
 class Experiment:
@@ -43,6 +46,7 @@ class Experiment:
             raise ConfigError("shortcut", "native", f"{settings.dataset} carries no bias of its own; "
                               "choose an injected shortcut preset such as patch or noise.")
         self.device = torch.device(settings.device)
+        self._preprocessed: dict[tuple, dict] = {}
 
     # ---- paths -------------------------------------------------------------------------
     @property
@@ -100,12 +104,36 @@ class Experiment:
         shuffling uses a generator seeded from the experiment seed, so epochs are reproducible.
         """
         items = self.datalist(role_or_items) if isinstance(role_or_items, str) else list(role_or_items)
-        dataset = CacheDataset(items, transform=self.transforms(train=train), progress=False,
-                               num_workers=self.settings.num_workers or None)
+        if train:  # random augmentation: CacheDataset keeps the deterministic head, re-draws the rest
+            dataset = CacheDataset(items, transform=self.transforms(train=True), progress=False,
+                                   num_workers=self.settings.num_workers or None)
+        else:
+            dataset = Dataset(self.preprocess(items))
         generator = torch.Generator().manual_seed(self.settings.seed)
         return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=shuffle and sampler is None,
                           sampler=sampler, num_workers=self.settings.num_workers, generator=generator,
                           drop_last=False)
+
+    def preprocess(self, items: Sequence[dict]) -> list[dict]:
+        """The deterministic preprocessing of ``items`` (shortcut included), computed once per experiment.
+
+        Every stage reads the same images with the same shortcut flags, and MONAI's ``CacheDataset``
+        caches within one dataset only; so the outputs are kept here and shared by the loaders of all
+        stages (about 12 KB per 32-px RGB image). An entry is keyed by all its fields but ``role`` (the
+        test sets are the same images under other flags), which is set per returned item. The outputs
+        must not be modified in place (batching copies them).
+        """
+        def key(item: dict) -> tuple:
+            return tuple(sorted((k, repr(v)) for k, v in item.items() if k not in _PASS_THROUGH))
+
+        keys = [key(item) for item in items]
+        missing = {k: item for k, item in zip(keys, items) if k not in self._preprocessed}
+        if missing:
+            cached = CacheDataset(list(missing.values()), transform=self.transforms(), progress=False,
+                                  copy_cache=False, num_workers=self.settings.num_workers or None)
+            self._preprocessed.update((k, cached[i]) for i, k in enumerate(missing))
+        return [{**self._preprocessed[k], **{f: item[f] for f in _PASS_THROUGH if f in item}}
+                for k, item in zip(keys, items)]
 
     def test_loaders(self) -> dict[str, DataLoader]:
         return {name: self.loader(role) for name, role in TEST_ROLES.items() if self.has_role(role)}

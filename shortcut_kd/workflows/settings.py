@@ -35,6 +35,7 @@ class DistillSettings:
             train on pooled features computed once; 10 left the early-layer probes near chance).
         student_init: ``teacher`` (start from the specialist teacher's weights; same architecture only, else
             scratch), ``scratch`` (the paper) or ``erm`` (start from the ERM checkpoint).
+        lr: the student's learning rate (default: the experiment's ``lr``).
     """
 
     loss: str = "probe_kl"
@@ -46,17 +47,30 @@ class DistillSettings:
     cache_teacher: bool = True
     probe_epochs: int = 200
     student_init: str = "teacher"
+    lr: float | None = None
 
 
 @dataclass
 class BaselineSettings:
-    """Hyper-parameters of the baselines (defaults from their papers, scaled to short runs)."""
+    """Hyper-parameters of the baselines (defaults from their papers, scaled to short runs).
+
+    ``jtt_budget``: ``"erm"`` (default) gives JTT's second stage as many steps per epoch as every
+    other method (each epoch a fresh random draw, without replacement, of ``len(train)`` items from
+    the upsampled list: the errors are still ``λ`` times as likely); ``"upsampled"`` makes full passes
+    over the upsampled list as in the paper, which costs ``1 + (λ - 1) · error rate`` ERM runs (10×
+    when an early ERM model gets half the set wrong).
+    """
 
     groupdro_eta: float = 0.01
     jtt_epochs: int = 2
     jtt_lambda: int = 20
+    jtt_budget: str = "erm"
     mix_alpha: float = 0.4
     randconv_kernel_sizes: tuple = (1, 3, 5, 7)
+
+    def __post_init__(self) -> None:
+        if self.jtt_budget not in ("erm", "upsampled"):
+            raise ConfigError("baselines.jtt_budget", self.jtt_budget, "use 'erm' or 'upsampled'.")
 
 
 @dataclass

@@ -164,7 +164,7 @@ def stage_kd(exp: Experiment, progress: bool) -> torch.nn.Module:
         temperature=d.temperature, final_weight=d.final_weight, teacher_probes=probes,
         rampup_epochs=d.rampup_epochs, cache_teacher=d.cache_teacher)
     return _train(exp, "kd", student, exp.loader("train_biased", shuffle=True), progress, handlers=[handler],
-                  extra_state={"distillation": handler})
+                  lr=d.lr, extra_state={"distillation": handler})
 
 
 def stage_randconv(exp: Experiment, progress: bool) -> torch.nn.Module:
@@ -220,7 +220,12 @@ def stage_jtt(exp: Experiment, progress: bool) -> torch.nn.Module:
         errors = find_errors(identifier.eval(), exp.loader(items), device=exp.device)
         write_json(errors_file, errors)
     upsampled = jtt_upsample(items, errors, s.baselines.jtt_lambda)
-    return _train(exp, "jtt", exp.network(), exp.loader(upsampled, shuffle=True), progress)
+    if s.baselines.jtt_budget == "upsampled":
+        return _train(exp, "jtt", exp.network(), exp.loader(upsampled, shuffle=True), progress)
+    # the same number of steps per epoch as ERM (see BaselineSettings); seeded, so reproducible
+    sampler = torch.utils.data.RandomSampler(upsampled, num_samples=len(items),
+                                             generator=torch.Generator().manual_seed(s.seed))
+    return _train(exp, "jtt", exp.network(), exp.loader(upsampled, sampler=sampler), progress)
 
 
 def stage_dfr(exp: Experiment, progress: bool) -> torch.nn.Module:

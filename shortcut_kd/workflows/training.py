@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (CheckpointLoader, CheckpointSaver, ROCAUC, StatsHandler, TensorBoardStatsHandler,
                             ValidationHandler, from_engine)
@@ -59,6 +60,7 @@ def train_network(network: torch.nn.Module, train_loader, *, stage_dir: Path, ep
     if last.is_file():
         logger.info("resuming %s from %s", description, last)
         CheckpointLoader(load_path=str(last), load_dict=save_dict, map_location=str(device)).attach(trainer)
+        trainer.add_event_handler(Events.STARTED, _ReplayDataOrder(train_loader))
     standard: list = [StatsHandler(iteration_log=False, name="shortcut_kd.train",
                                    output_transform=from_engine(["loss"], first=True)),
                       TensorBoardStatsHandler(log_dir=str(stage_dir / "tensorboard"), iteration_log=False,
@@ -78,6 +80,26 @@ def train_network(network: torch.nn.Module, train_loader, *, stage_dir: Path, ep
             "loss": float(o[0]["loss"] if isinstance(o, list) else o["loss"])})
     trainer.run()
     return trainer
+
+
+class _ReplayDataOrder:
+    """On resume, advance the training loader's random streams past the finished epochs.
+
+    The checkpoint restores the network, optimizer and counters, but the loader's shuffling
+    generator (or its sampler's own) restarts from its seed; without this, epoch ``k + 1`` of a
+    resumed run would repeat epoch 1's order instead of drawing what an uninterrupted run draws.
+    Each epoch consumes the streams as a real one does: the DataLoader draws its workers' base seed
+    when its iterator is made, then the sampler draws the order. Nothing is loaded.
+    """
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __call__(self, engine) -> None:
+        for _ in range(engine.state.epoch):
+            iter(self.loader)
+            for _ in self.loader.sampler:
+                pass
 
 
 class _LastCheckpoint:

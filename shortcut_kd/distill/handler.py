@@ -29,13 +29,13 @@ else:
 
 __all__ = ["LayerwiseDistillationHandler", "kd_output_transform"]
 
+TASK_LOSS = "task_loss"
+
 
 def _world_size() -> int:
     """Number of DDP processes (1 when torch.distributed is not in use)."""
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-TASK_LOSS = "task_loss"
 
 
 def kd_output_transform(output: Any) -> dict[str, Any]:

@@ -220,12 +220,11 @@ def stage_jtt(exp: Experiment, progress: bool) -> torch.nn.Module:
         errors = find_errors(identifier.eval(), exp.loader(items), device=exp.device)
         write_json(errors_file, errors)
     upsampled = jtt_upsample(items, errors, s.baselines.jtt_lambda)
-    if s.baselines.jtt_budget == "upsampled":
-        return _train(exp, "jtt", exp.network(), exp.loader(upsampled, shuffle=True), progress)
-    # the same number of steps per epoch as ERM (see BaselineSettings); seeded, so reproducible
-    sampler = torch.utils.data.RandomSampler(upsampled, num_samples=len(items),
-                                             generator=torch.Generator().manual_seed(s.seed))
-    return _train(exp, "jtt", exp.network(), exp.loader(upsampled, sampler=sampler), progress)
+    sampler = None  # "upsampled": full shuffled passes over the upsampled list
+    if s.baselines.jtt_budget == "erm":  # ERM's number of steps per epoch (see BaselineSettings); seeded
+        sampler = torch.utils.data.RandomSampler(upsampled, num_samples=len(items),
+                                                 generator=torch.Generator().manual_seed(s.seed))
+    return _train(exp, "jtt", exp.network(), exp.loader(upsampled, shuffle=True, sampler=sampler), progress)
 
 
 def stage_dfr(exp: Experiment, progress: bool) -> torch.nn.Module:

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "splits": ("shortcut_kd.data.splits_cli", "build biased / bias-free / test datalists from a dataset on disk"),
     "stage": ("shortcut_kd.workflows.cli", "run one protocol stage (erm, teacher, kd, oracle or a baseline)"),
     "protocol": ("shortcut_kd.workflows.cli_protocol", "run several stages and write results.json and the report"),
-    "probe-layers": ("shortcut_kd.evaluation.layer_probes_cli", "per-layer decodability of the shortcut and the label"),
+    "probe-layers": ("shortcut_kd.workflows.probe_layers_cli", "per-layer decodability of the shortcut and the label"),
     "report": ("shortcut_kd.evaluation.report_cli", "build report.md and figures from a results.json"),
     "demo": ("shortcut_kd.workflows.demo", "generate data, run every method, print and write the comparison"),
     "run": ("shortcut_kd.workflows.bundle_cli", "run a stage of a MONAI bundle (e.g. run isic2017 distill)"),

@@ -40,3 +40,18 @@ class ConfigError(ShortcutKDError, ValueError):
     def __init__(self, key: str, value: object, fix: str) -> None:
         self.key, self.value = key, value
         super().__init__(f"config key '{key}' has value {value!r}. Fix: {fix}")
+
+
+def find_toolkit_error(error: BaseException | None, kind: type = ShortcutKDError) -> BaseException | None:
+    """The first error of type ``kind`` in ``error``'s ``__cause__`` chain (``error`` itself included).
+
+    MONAI wraps what a transform or a config ``_target_`` raises in a ``RuntimeError``; the toolkit's own
+    error inside it names the file, the field and the fix, so that is the one to show.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None

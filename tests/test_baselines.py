@@ -13,7 +13,6 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from shortcut_kd.baselines import (
-    BASELINES,
     CutMixHandler,
     GroupDROHandler,
     MixUpHandler,
@@ -56,19 +55,6 @@ def _trainer(net, loader, handlers, iterations=2):
 
 def _params(net):
     return [p.detach().clone() for p in net.parameters()]
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def test_registry_covers_the_baseline_method_keys():
-    assert set(BASELINES) == {"randconv", "mixup", "cutmix", "groupdro", "jtt", "reweight", "dfr"}
-    import shortcut_kd.baselines as b
-
-    for spec in BASELINES.values():
-        assert all(hasattr(b, name) for name in spec.components)
-    assert BASELINES["dfr"].uses_specialist and BASELINES["dfr"].bias_labels == "specialist"
-    assert BASELINES["jtt"].bias_labels == "none" and BASELINES["groupdro"].bias_labels == "train"
 
 
 # ----------------------------------------------------------------------------- GroupDRO

@@ -22,6 +22,7 @@ from shortcut_kd.distill import (
     cosine,
     fit_probes,
     fitnet_mse,
+    get_tap_loss,
     kd_output_transform,
     load_probes,
     match_spatial,
@@ -150,6 +151,22 @@ def test_layerwise_loss_zero_for_identical_student_positive_otherwise(loss):
             p.add_(0.3 * torch.randn_like(p))
     terms = total()
     assert all(terms[f"kd_{t}"].item() > 1e-6 for t in taps) and terms["kd_total"].item() > 1e-4
+
+
+def test_tap_losses_by_name_share_one_constructor():
+    teacher = _net()
+    probe = _probes(teacher, ["layer2"])["layer2"]
+    for name in TAP_LOSSES:
+        cls = get_tap_loss(name)
+        mod = cls(8, probe.in_channels, 2, probe)  # one signature for all
+        feature = torch.randn(2, 8, 4, 4)
+        target = mod.teacher_target(torch.randn(2, probe.in_channels, 4, 4))
+        assert mod(feature, target).ndim == 0
+    with pytest.raises(ConfigError, match="attention_transfer") as e:
+        get_tap_loss("kl_probe")
+    assert all(n in str(e.value) for n in TAP_LOSSES)
+    with pytest.raises(ConfigError, match="teacher_probe"):
+        get_tap_loss("probe_kl")(8, 8, 2)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -121,17 +121,18 @@ def test_plot_and_tables(tmp_path):
 
 def test_cli_reads_plain_and_wrapped_checkpoints(tmp_path):
     from shortcut_kd.errors import ConfigError, DataError
-    from shortcut_kd.evaluation.layer_probes_cli import _load_state_dict, _parse_checkpoints
+    from shortcut_kd.evaluation.layer_probes_cli import _parse_checkpoints
+    from shortcut_kd.nets import read_state_dict
 
     state = _Tiny().state_dict()
     torch.save(state, tmp_path / "model.pt")
     torch.save({"network": state, "epoch": 3}, tmp_path / "checkpoint.pt")
     for name in ("model.pt", "checkpoint.pt"):
-        loaded = _load_state_dict(tmp_path / name)
+        loaded = read_state_dict(tmp_path / name)
         assert set(loaded) == set(state) and torch.equal(loaded["head.weight"], state["head.weight"])
     torch.save({"epoch": 3}, tmp_path / "bad.pt")
     with pytest.raises(DataError, match="no model weights"):
-        _load_state_dict(tmp_path / "bad.pt")
+        read_state_dict(tmp_path / "bad.pt")
     assert _parse_checkpoints(["erm=a/model.pt", "runs/stages/kd/model.pt"]) == [
         ("erm", Path("a/model.pt")), ("kd", Path("runs/stages/kd/model.pt"))]
     with pytest.raises(ConfigError, match="uniquely"):

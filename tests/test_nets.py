@@ -6,9 +6,9 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import get_inplanes
 from torch import nn
 
-from shortcut_kd.distill import FeatureCapture
 from shortcut_kd.errors import ConfigError
 from shortcut_kd.nets import (
+    FeatureCapture,
     build_network,
     get_head_name,
     get_taps,

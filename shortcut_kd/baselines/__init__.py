@@ -5,9 +5,6 @@
 - group-based: :class:`GroupDROHandler` (on ``IterationEvents.LOSS_COMPLETED``),
   :func:`group_balanced_sampler` / :func:`group_balanced_weights` (reweighting), JTT's
   :func:`find_errors` + :func:`jtt_upsample`, DFR's :func:`dfr_retrain`.
-
-:data:`BASELINES` says, per results.json method key, how each plugs into a stage and which
-information (bias labels, the bias-free specialist subset) it is given.
 """
 
 from shortcut_kd.baselines.batch_handler import BatchTransformHandler, soft_labels
@@ -16,12 +13,9 @@ from shortcut_kd.baselines.groupdro import GroupDROHandler
 from shortcut_kd.baselines.jtt import find_errors, jtt_upsample
 from shortcut_kd.baselines.mixing import CutMixHandler, MixUpHandler
 from shortcut_kd.baselines.randconv import RandConv, RandConvd, RandConvHandler
-from shortcut_kd.baselines.registry import BASELINES, BaselineSpec
 from shortcut_kd.baselines.reweight import group_balanced_sampler, group_balanced_weights
 
 __all__ = [
-    "BASELINES",
-    "BaselineSpec",
     "BatchTransformHandler",
     "CutMixHandler",
     "DFR_C_GRID",

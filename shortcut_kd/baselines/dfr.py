@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.networks import eval_mode
 from torch import nn
 
 from shortcut_kd.errors import ConfigError, DataError
@@ -32,7 +33,6 @@ DFR_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 """The inverse-regularisation grid of the DFR paper."""
 
 
-@torch.no_grad()
 def extract_head_inputs(
     model: nn.Module,
     head_name: str,
@@ -66,23 +66,21 @@ def extract_head_inputs(
     def record(_module: nn.Module, args: tuple) -> None:
         captured.append(args[0].detach().float().reshape(args[0].shape[0], -1).cpu())
 
-    handle = head.register_forward_pre_hook(record)
-    was_training = model.training
-    model.eval()
     labels, groups, has_groups = [], [], []
+    handle = head.register_forward_pre_hook(record)
     try:
-        for batch in loader:
-            if image_key not in batch or label_key not in batch:
-                raise DataError(f"the batch has no '{image_key}' / '{label_key}' (keys: {sorted(batch)}).",
-                                column=label_key, fix="load the specialist datalist as dicts with image and label.")
-            model(torch.as_tensor(batch[image_key]).to(device))
-            labels.append(torch.as_tensor(batch[label_key]).reshape(-1).long().cpu())
-            has_groups.append(group_key in batch)
-            if group_key in batch:
-                groups.append(torch.as_tensor(batch[group_key]).reshape(-1).long().cpu())
+        with eval_mode(model):  # MONAI's: eval mode and no_grad for the block, the mode restored after
+            for batch in loader:
+                if image_key not in batch or label_key not in batch:
+                    raise DataError(f"the batch has no '{image_key}' / '{label_key}' (keys: {sorted(batch)}).",
+                                    column=label_key, fix="load the specialist datalist as dicts with image and label.")
+                model(torch.as_tensor(batch[image_key]).to(device))
+                labels.append(torch.as_tensor(batch[label_key]).reshape(-1).long().cpu())
+                has_groups.append(group_key in batch)
+                if group_key in batch:
+                    groups.append(torch.as_tensor(batch[group_key]).reshape(-1).long().cpu())
     finally:
         handle.remove()
-        model.train(was_training)
     if not captured:
         raise DataError("the loader gave no batches.", fix="pass a loader over the bias-free specialist subset.")
     if len(captured) != len(labels):

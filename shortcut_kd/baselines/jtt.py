@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+from monai.networks import eval_mode
 from torch import nn
 
 from shortcut_kd.errors import ConfigError, DataError
@@ -28,7 +29,6 @@ from shortcut_kd.errors import ConfigError, DataError
 __all__ = ["find_errors", "jtt_upsample"]
 
 
-@torch.no_grad()
 def find_errors(
     model: nn.Module,
     loader: Iterable[Mapping[str, Any]],
@@ -53,10 +53,8 @@ def find_errors(
     Returns:
         the ids of the misclassified samples, in loader order.
     """
-    was_training = model.training
-    model.eval()
     errors: list[str] = []
-    try:
+    with eval_mode(model):  # MONAI's: eval mode and no_grad for the block, the mode restored after
         for batch in loader:
             missing = [k for k in (image_key, label_key, id_key) if k not in batch]
             if missing:
@@ -71,8 +69,6 @@ def find_errors(
                 raise DataError(f"{len(ids)} ids, {len(labels)} labels and {len(pred)} predictions in one batch.",
                                 column=id_key, fix="give every sample one id and one label.")
             errors.extend(str(i) for i, wrong in zip(ids, (pred != labels).tolist()) if wrong)
-    finally:
-        model.train(was_training)
     return errors
 
 

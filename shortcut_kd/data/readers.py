@@ -7,29 +7,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from shortcut_kd.data.chexpert import available_splits as chexpert_splits
-from shortcut_kd.data.chexpert import read_chexpert
 from shortcut_kd.data.generic import read_generic
-from shortcut_kd.data.isic2017 import available_splits as isic2017_splits
-from shortcut_kd.data.isic2017 import read_isic2017
-from shortcut_kd.data.simba import available_splits as simba_splits
-from shortcut_kd.data.simba import read_simba
+from shortcut_kd.data.registry import DATASETS
 from shortcut_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-READERS: dict[str, Callable[..., list[dict]]] = {
-    "chexpert": read_chexpert,
-    "isic2017": read_isic2017,
-    "simba": read_simba,
-    "generic": read_generic,
-}
-# name -> function listing the native splits present under a dataset folder
+READERS: dict[str, Callable[..., list[dict]]] = {**{k: d.reader for k, d in DATASETS.items()},
+                                                 "generic": read_generic}
+"""name -> reader: the registry's datasets (``shortcut_kd.data.registry``) and generic file lists."""
 AVAILABLE_SPLITS: dict[str, Callable[[str | os.PathLike], tuple[str, ...]]] = {
-    "chexpert": chexpert_splits,
-    "isic2017": isic2017_splits,
-    "simba": simba_splits,
-}
+    k: d.available_splits for k, d in DATASETS.items()}
+"""name -> function listing the native splits present under a dataset folder."""
 ALL = "all"
 _GENERIC_SPLITS = ("train", "val", "valid", "test")
 _GENERIC_SUFFIXES = (".csv", ".json")

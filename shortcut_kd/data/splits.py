@@ -58,7 +58,10 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("train_biased", "specialist", "oracle", "val", "test_unbiased", "test_aligned", "test_conflicting",
          "test_clean", "test_ood")
-TEST_ROLES = ("test_unbiased", "test_aligned", "test_conflicting", "test_clean", "test_ood")
+TEST_SETS = ("unbiased", "aligned", "conflicting", "clean", "ood")
+"""The test sets every experiment is evaluated on (results.json test keys); each is the split role
+``test_<name>``."""
+TEST_ROLES = tuple(f"test_{name}" for name in TEST_SETS)
 SCHEMA = "shortcut-kd/splits/v1"
 MANIFEST = "splits.json"
 BIAS_FREE = ("decorrelated", "absent")

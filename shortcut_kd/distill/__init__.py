@@ -1,6 +1,8 @@
-"""The method: feature taps, probes, distillation losses and the distillation handler for MONAI trainers."""
+"""The method: probes, distillation losses and the distillation handler for MONAI trainers.
 
-from shortcut_kd.distill.capture import FeatureCapture, unwrap_model
+``FeatureCapture`` lives in :mod:`shortcut_kd.nets` (beside the taps) and is re-exported here.
+"""
+
 from shortcut_kd.distill.handler import LayerwiseDistillationHandler, kd_output_transform
 from shortcut_kd.distill.losses import (
     TAP_LOSSES,
@@ -15,6 +17,7 @@ from shortcut_kd.distill.losses import (
     attention_transfer,
     cosine,
     fitnet_mse,
+    get_tap_loss,
     match_spatial,
     probe_kl,
 )
@@ -27,6 +30,7 @@ from shortcut_kd.distill.probes import (
     load_probes,
     tap_shapes,
 )
+from shortcut_kd.nets.capture import FeatureCapture
 
 __all__ = [
     "TAP_LOSSES",
@@ -48,10 +52,10 @@ __all__ = [
     "eval_mode",
     "fit_probes",
     "fitnet_mse",
+    "get_tap_loss",
     "kd_output_transform",
     "load_probes",
     "match_spatial",
     "probe_kl",
     "tap_shapes",
-    "unwrap_model",
 ]

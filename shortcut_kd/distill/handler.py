@@ -13,10 +13,11 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from shortcut_kd.distill.capture import FeatureCapture, unwrap_model
-from shortcut_kd.distill.losses import TAP_LOSSES, LayerwiseDistillationLoss
+from shortcut_kd.distill.losses import LayerwiseDistillationLoss, get_tap_loss
 from shortcut_kd.distill.probes import ProbeSet, tap_shapes
 from shortcut_kd.errors import ConfigError, DataError
+from shortcut_kd.nets.capture import FeatureCapture
+from shortcut_kd.nets.checkpoint import load_weights, unwrap
 from shortcut_kd.nets.registry import pair_taps
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -59,24 +60,6 @@ def kd_output_transform(output: Any) -> dict[str, Any]:
 
 def _is_teacher_key(key: str) -> bool:
     return ".teacher_probe." in f".{key}"
-
-
-def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a state dict file, or one stored under a usual key of a checkpoint, into ``model``."""
-    if not os.path.isfile(path):
-        raise DataError("teacher checkpoint not found.", file=str(path),
-                        fix="train the teacher stage first or fix the path.")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, Mapping):
-        for key in ("net", "network", "model", "state_dict"):
-            if isinstance(blob.get(key), Mapping):
-                blob = blob[key]
-                break
-    try:
-        unwrap_model(model).load_state_dict(blob)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise DataError(f"the weights do not fit the teacher network ({str(e)[:300]}).", file=str(path),
-                        fix="build the teacher with the architecture and options it was trained with.") from e
 
 
 class _CapturingInferer(Inferer):
@@ -146,8 +129,9 @@ class LayerwiseDistillationHandler:
         teacher_probes: the teacher's probes (``fit_probes`` on the bias-free specialist subset), as a
             ``ProbeSet`` or the path of a file written by ``ProbeSet.save``; required by probe_kl.
         teacher_checkpoint: optional weights loaded into ``teacher`` at set-up: a state dict file, or a
-            ``CheckpointSaver`` file holding it under ``net`` / ``network`` / ``model`` / ``state_dict``
-            (convenient in bundle configs, where the teacher is built by ``build_network``).
+            ``CheckpointSaver`` file holding it under ``model`` / ``network`` / ``net`` / ``state_dict``
+            (``shortcut_kd.nets.load_weights``; convenient in bundle configs, where the teacher is built by
+            ``build_network``).
         rampup_epochs: epochs of the linear ramp-up of all KD terms.
         cache_teacher: cache the teacher's targets per sample id (deterministic inputs only).
         id_key: the batch field holding sample ids (for the cache).
@@ -188,8 +172,7 @@ class LayerwiseDistillationHandler:
             raise ConfigError("teacher", type(teacher).__name__, "pass the teacher network (an nn.Module).")
         names = [loss] if isinstance(loss, str) else list(loss.values() if isinstance(loss, Mapping) else loss)
         for n in names:
-            if n not in TAP_LOSSES:
-                raise ConfigError("loss", n, f"use one of {sorted(TAP_LOSSES)}.")
+            get_tap_loss(n)  # an unknown name fails here, listing the valid ones
         if "probe_kl" in names and teacher_probes is None:
             raise ConfigError(
                 "teacher_probes", None,
@@ -232,9 +215,11 @@ class LayerwiseDistillationHandler:
 
         A trainer attaches its ``train_handlers`` before it has a network or optimizer, so the set-up that
         needs them (tap pairing, a dry forward for the channel counts, the probes / adapters and their
-        optimizer param group, the inferer wrapper) runs at ``Events.STARTED``, ahead of the other
-        ``STARTED`` handlers (e.g. a ``CheckpointLoader`` restoring the optimizer); when the engine already
-        has its network, it runs at once.
+        optimizer param group, the inferer wrapper) runs at ``Events.STARTED``; when the engine already
+        has its network, it runs at once. Ignite runs the handlers of one event in the order they were
+        added, so attach this handler before a ``CheckpointLoader`` that restores the optimizer (earlier in
+        ``train_handlers``, or a loader attached after the trainer is built): the optimizer must hold the
+        probes / adapters when its state is loaded. Restoring the handler's own state works in either order.
 
         Args:
             engine: the trainer; its ``network``, ``optimizer``, ``inferer`` and ``state.device`` are used.
@@ -246,9 +231,6 @@ class LayerwiseDistillationHandler:
             self._setup(engine)
         else:
             engine.add_event_handler(Events.STARTED, self._setup)
-            handlers = getattr(engine, "_event_handlers", {}).get(Events.STARTED)
-            if handlers:  # ignite has no handler priority: move the set-up to the front of STARTED
-                handlers.insert(0, handlers.pop())
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._loss_completed)
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_gradients)
@@ -262,7 +244,7 @@ class LayerwiseDistillationHandler:
             if not hasattr(engine, attr):
                 raise TypeError(f"LayerwiseDistillationHandler needs a SupervisedTrainer-like engine with "
                                 f"`{attr}`; got {type(engine).__name__}.")
-        student = unwrap_model(engine.network)
+        student = unwrap(engine.network)
         device = getattr(engine.state, "device", None)
         if device is None:
             param = next(student.parameters(), None)
@@ -270,7 +252,7 @@ class LayerwiseDistillationHandler:
         self.device = torch.device(device)
 
         if self.teacher_checkpoint is not None:
-            _load_weights(self.teacher, self.teacher_checkpoint)
+            load_weights(self.teacher, self.teacher_checkpoint, written_by="the teacher stage")
         self.teacher.to(self.device).eval().requires_grad_(False)
         self.student_taps, self.teacher_taps = pair_taps(student, self.teacher, self.student_taps_spec,
                                                          self.teacher_taps_spec)

@@ -37,6 +37,7 @@ __all__ = [
     "attention_transfer",
     "cosine",
     "fitnet_mse",
+    "get_tap_loss",
     "match_spatial",
     "probe_kl",
 ]
@@ -155,7 +156,34 @@ def _make_adapter(mode: str, s_ch: int, t_ch: int, spatial_dims: int) -> nn.Modu
 
 class TapLoss(nn.Module):
     """Base of the per-tap losses: ``teacher_target(feature)`` (cacheable, no grad) and
-    ``forward(student_feature, target) -> scalar``."""
+    ``forward(student_feature, target) -> scalar``.
+
+    Every subclass is built the same way, so ``LayerwiseDistillationLoss`` can build any of ``TAP_LOSSES``
+    by name::
+
+        cls(student_channels, teacher_channels, spatial_dims, teacher_probe=None, **options)
+
+    with ``options`` (keyword-only) among the class's ``option_names``. ``requires`` names the
+    arguments the class cannot do without (``"student_channels"``, ``"teacher_channels"``,
+    ``"teacher_probe"``); the others may be None.
+
+    Args:
+        student_channels: channels of the student tap.
+        teacher_channels: channels of the paired teacher tap.
+        spatial_dims: spatial dimensionality of the feature maps (1, 2 or 3).
+        teacher_probe: the teacher's fitted ``ProbeHead`` on the paired tap.
+    """
+
+    option_names: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, student_channels: int | None, teacher_channels: int | None, spatial_dims: int,
+                 teacher_probe: ProbeHead | None = None) -> None:
+        super().__init__()
+        missing = [k for k, v in (("student_channels", student_channels), ("teacher_channels", teacher_channels),
+                                  ("teacher_probe", teacher_probe)) if k in self.requires and v is None]
+        if missing:
+            raise ConfigError(missing[0], None, f"{type(self).__name__} needs {', '.join(self.requires)}.")
 
     def teacher_target(self, feature: torch.Tensor) -> torch.Tensor:
         return feature.float()
@@ -166,14 +194,20 @@ class ProbeKLTapLoss(TapLoss):
 
     Args:
         student_channels: channels of the student tap.
+        teacher_channels: channels of the teacher tap (unused: the teacher probe's input size rules).
+        spatial_dims: spatial dimensionality of the feature maps.
         teacher_probe: the teacher's fitted ``ProbeHead`` on the paired tap (frozen here).
         temperature: softmax temperature.
         init_from_teacher: start the student probe as a copy of the teacher's when channel counts agree.
     """
 
-    def __init__(self, student_channels: int, teacher_probe: ProbeHead, temperature: float = 2.0,
+    option_names = ("temperature", "init_from_teacher")
+    requires = ("student_channels", "teacher_probe")
+
+    def __init__(self, student_channels: int, teacher_channels: int | None, spatial_dims: int,
+                 teacher_probe: ProbeHead | None = None, *, temperature: float = 2.0,
                  init_from_teacher: bool = True) -> None:
-        super().__init__()
+        super().__init__(student_channels, teacher_channels, spatial_dims, teacher_probe)
         self.temperature = float(temperature)
         self.teacher_probe = teacher_probe.requires_grad_(False).eval()
         self.student_probe = ProbeHead(student_channels, teacher_probe.num_classes, teacher_probe.spatial_dims)
@@ -188,10 +222,22 @@ class ProbeKLTapLoss(TapLoss):
 
 
 class FitNetTapLoss(TapLoss):
-    """``fitnet_mse`` through an ``Adapter`` on the student map (needed when channel counts differ)."""
+    """``fitnet_mse`` through an ``Adapter`` on the student map (needed when channel counts differ).
 
-    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int, adapter: str = "auto") -> None:
-        super().__init__()
+    Args:
+        student_channels: channels of the student tap.
+        teacher_channels: channels of the teacher tap.
+        spatial_dims: spatial dimensionality of the feature maps (for the adapter).
+        teacher_probe: unused.
+        adapter: ``"auto"`` (only when channel counts differ), ``"always"`` or ``"never"``.
+    """
+
+    option_names = ("adapter",)
+    requires = ("student_channels", "teacher_channels")
+
+    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int,
+                 teacher_probe: ProbeHead | None = None, *, adapter: str = "auto") -> None:
+        super().__init__(student_channels, teacher_channels, spatial_dims, teacher_probe)
         self.adapter = _make_adapter(adapter, student_channels, teacher_channels, spatial_dims)
 
     def forward(self, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -199,10 +245,21 @@ class FitNetTapLoss(TapLoss):
 
 
 class AttentionTransferTapLoss(TapLoss):
-    """``attention_transfer``; no trainable parts, any channel counts. The target is the teacher's map."""
+    """``attention_transfer``; no trainable parts, any channel counts. The target is the teacher's map.
 
-    def __init__(self, p: float = 2.0) -> None:
-        super().__init__()
+    Args:
+        student_channels: unused (any).
+        teacher_channels: unused (any).
+        spatial_dims: unused (the maps' own).
+        teacher_probe: unused.
+        p: exponent of the attention map ``mean_c |A_c|^p``.
+    """
+
+    option_names = ("p",)
+
+    def __init__(self, student_channels: int | None = None, teacher_channels: int | None = None,
+                 spatial_dims: int = 2, teacher_probe: ProbeHead | None = None, *, p: float = 2.0) -> None:
+        super().__init__(student_channels, teacher_channels, spatial_dims, teacher_probe)
         self.p = float(p)
 
     def teacher_target(self, feature: torch.Tensor) -> torch.Tensor:
@@ -215,11 +272,23 @@ class AttentionTransferTapLoss(TapLoss):
 
 class CosineTapLoss(TapLoss):
     """``cosine`` distance of globally pooled features (``pooled=True``) or of whole maps, through an
-    ``Adapter`` when channel counts differ."""
+    ``Adapter`` when channel counts differ.
 
-    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int, adapter: str = "auto",
-                 pooled: bool = True) -> None:
-        super().__init__()
+    Args:
+        student_channels: channels of the student tap.
+        teacher_channels: channels of the teacher tap.
+        spatial_dims: spatial dimensionality of the feature maps (for the adapter).
+        teacher_probe: unused.
+        adapter: ``"auto"`` (only when channel counts differ), ``"always"`` or ``"never"``.
+        pooled: compare globally pooled features (True) or whole maps (False).
+    """
+
+    option_names = ("adapter", "pooled")
+    requires = ("student_channels", "teacher_channels")
+
+    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int,
+                 teacher_probe: ProbeHead | None = None, *, adapter: str = "auto", pooled: bool = True) -> None:
+        super().__init__(student_channels, teacher_channels, spatial_dims, teacher_probe)
         self.pooled = bool(pooled)
         self.adapter = _make_adapter(adapter, student_channels, teacher_channels, spatial_dims)
 
@@ -241,6 +310,18 @@ TAP_LOSSES: dict[str, type[TapLoss]] = {
     "attention_transfer": AttentionTransferTapLoss,
     "cosine": CosineTapLoss,
 }
+"""The per-tap losses by name (the ``loss`` setting); each is built as ``TapLoss`` describes."""
+
+
+def get_tap_loss(name: str) -> type[TapLoss]:
+    """The ``TapLoss`` class registered as ``name`` in ``TAP_LOSSES``.
+
+    Raises:
+        ConfigError: an unknown name; the message lists the valid ones.
+    """
+    if name not in TAP_LOSSES:
+        raise ConfigError("loss", name, f"use one of {sorted(TAP_LOSSES)}.")
+    return TAP_LOSSES[name]
 
 
 def _per_tap(value, taps: Sequence[str], key: str, kind: type | tuple) -> list:
@@ -259,6 +340,23 @@ def _per_tap(value, taps: Sequence[str], key: str, kind: type | tuple) -> list:
     if not isinstance(value, kind):
         raise ConfigError(key, value, f"give a {kind}, a list with one per tap or a {{tap: value}} mapping.")
     return [value] * len(taps)
+
+
+def _teacher_probe(teacher_probes: ProbeSet | None, t_tap: str, t_ch: Mapping[str, int]) -> ProbeHead:
+    """The teacher's probe on ``t_tap``, checked against the tap's channels when known."""
+    if teacher_probes is None or t_tap not in teacher_probes:
+        have = teacher_probes.taps if teacher_probes is not None else None
+        raise ConfigError(
+            "teacher_probes", have,
+            f"probe_kl needs a teacher probe on tap '{t_tap}': fit them with "
+            "shortcut_kd.distill.fit_probes(teacher, taps, specialist_loader) on the bias-free "
+            "specialist subset (teacher frozen) and pass the ProbeSet.",
+        )
+    probe = teacher_probes[t_tap]
+    if t_tap in t_ch and t_ch[t_tap] != probe.in_channels:
+        raise ConfigError("teacher_probes", t_tap, f"the probe expects {probe.in_channels} "
+                          f"channels but the teacher tap has {t_ch[t_tap]}; refit the probes.")
+    return probe
 
 
 class LayerwiseDistillationLoss(nn.Module):
@@ -309,46 +407,29 @@ class LayerwiseDistillationLoss(nn.Module):
             raise ConfigError("taps_teacher", self.taps_teacher,
                               f"give one teacher tap per (distinct) student tap {self.taps_student}.")
         self.loss_names = [str(n) for n in _per_tap(loss, self.taps_student, "loss", str)]
-        for name in self.loss_names:
-            if name not in TAP_LOSSES:
-                raise ConfigError("loss", name, f"use one of {sorted(TAP_LOSSES)}.")
+        classes = [get_tap_loss(name) for name in self.loss_names]
         self.weights = [float(w) for w in _per_tap(weights, self.taps_student, "weights", (int, float))]
         self.temperature, self.final_weight, self.prefix = float(temperature), float(final_weight), prefix
         if init_student_probes not in ("teacher", "random"):
             raise ConfigError("init_student_probes", init_student_probes, "use 'teacher' or 'random'.")
+        # every option any tap loss takes; each class gets those among its option_names
+        options = {"temperature": self.temperature, "init_from_teacher": init_student_probes == "teacher",
+                   "adapter": adapter, "pooled": cosine_pooled}
         s_ch, t_ch = dict(student_channels or {}), dict(teacher_channels or {})
         losses = []
-        for s_tap, t_tap, name in zip(self.taps_student, self.taps_teacher, self.loss_names):
-            if name == "probe_kl":
-                if teacher_probes is None or t_tap not in teacher_probes:
-                    have = teacher_probes.taps if teacher_probes is not None else None
-                    raise ConfigError(
-                        "teacher_probes", have,
-                        f"probe_kl needs a teacher probe on tap '{t_tap}': fit them with "
-                        "shortcut_kd.distill.fit_probes(teacher, taps, specialist_loader) on the bias-free "
-                        "specialist subset (teacher frozen) and pass the ProbeSet.",
-                    )
-                if s_tap not in s_ch:
-                    raise ConfigError("student_channels", s_ch, f"give the channels of tap '{s_tap}'.")
-                if t_tap in t_ch and t_ch[t_tap] != teacher_probes[t_tap].in_channels:
-                    raise ConfigError("teacher_probes", t_tap, f"the probe expects {teacher_probes[t_tap].in_channels} "
-                                      f"channels but the teacher tap has {t_ch[t_tap]}; refit the probes.")
-                mod: TapLoss = ProbeKLTapLoss(s_ch[s_tap], teacher_probes[t_tap], self.temperature,
-                                              init_student_probes == "teacher")
-            elif name == "attention_transfer":
-                mod = AttentionTransferTapLoss()
-            else:
-                try:
-                    ch = (s_ch[s_tap], t_ch[t_tap])
-                except KeyError as e:
-                    raise ConfigError("student_channels/teacher_channels", e.args[0],
-                                      f"{name} needs the channel counts of both taps (see tap_shapes).") from e
-                kwargs = {"pooled": cosine_pooled} if name == "cosine" else {}
-                if adapter == "never" and ch[0] != ch[1]:
-                    raise ConfigError("adapter", adapter, f"tap '{s_tap}' has {ch[0]} student vs {ch[1]} teacher "
-                                                          "channels; use adapter='auto'.")
-                mod = TAP_LOSSES[name](*ch, spatial_dims, adapter, **kwargs)
-            losses.append(mod)
+        for s_tap, t_tap, name, cls in zip(self.taps_student, self.taps_teacher, self.loss_names, classes):
+            probe = _teacher_probe(teacher_probes, t_tap, t_ch) if "teacher_probe" in cls.requires else None
+            s_c, t_c = s_ch.get(s_tap), t_ch.get(t_tap)
+            if "teacher_channels" in cls.requires and (s_c is None or t_c is None):
+                raise ConfigError("student_channels/teacher_channels", s_tap if s_c is None else t_tap,
+                                  f"{name} needs the channel counts of both taps (see tap_shapes).")
+            if "student_channels" in cls.requires and s_c is None:
+                raise ConfigError("student_channels", s_ch, f"give the channels of tap '{s_tap}'.")
+            if "adapter" in cls.option_names and adapter == "never" and s_c != t_c:
+                raise ConfigError("adapter", adapter, f"tap '{s_tap}' has {s_c} student vs {t_c} teacher "
+                                                      "channels; use adapter='auto'.")
+            losses.append(cls(s_c, t_c, spatial_dims, probe,
+                              **{k: v for k, v in options.items() if k in cls.option_names}))
         self.tap_losses = nn.ModuleList(losses)
 
     @property

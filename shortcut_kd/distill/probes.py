@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from shortcut_kd.distill.capture import FeatureCapture, unwrap_model
 from shortcut_kd.errors import ConfigError, DataError
+from shortcut_kd.nets.capture import FeatureCapture
+from shortcut_kd.nets.checkpoint import unwrap
 
 __all__ = ["ProbeHead", "ProbeSet", "default_input_shape", "eval_mode", "fit_probes", "load_probes", "tap_shapes"]
 
@@ -126,7 +127,16 @@ def load_probes(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
 @contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode for the block and restore each sub-module's previous mode after it."""
+    """Put modules in eval mode for the block and restore each sub-module's previous mode after it.
+
+    Unlike ``monai.networks.eval_mode`` (which calls ``train()`` on each module that was training, so every
+    sub-module comes back in train mode), this restores the mode of every sub-module: a frozen batch norm
+    kept in eval mode inside a training network stays frozen after ``tap_shapes`` / ``fit_probes``. It
+    does not switch off gradients; combine it with ``torch.no_grad()``.
+
+    Args:
+        modules: the networks.
+    """
     saved = [(m, m.training) for mod in modules for m in mod.modules()]
     try:
         for mod in modules:
@@ -144,7 +154,7 @@ def default_input_shape(model: nn.Module, size: int | None = None) -> tuple[int,
         model: a network whose first convolution is an ``nn.Conv1d/2d/3d``.
         size: spatial side; default 64 for 2D, 32 for 3D.
     """
-    for m in unwrap_model(model).modules():
+    for m in unwrap(model).modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             dims = len(m.kernel_size)
             side = size or (64 if dims < 3 else 32)
@@ -166,7 +176,7 @@ def tap_shapes(
         input_shape: channel-first shape of one sample, without the batch dimension;
             default ``default_input_shape(model)``.
     """
-    model = unwrap_model(model)
+    model = unwrap(model)
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -230,7 +240,7 @@ def fit_probes(
         A ``ProbeSet`` on ``device`` in eval mode; ``probes.train_accuracy`` holds each probe's accuracy
         on the fitting data (a quick check of how well the teacher encodes the task at each depth).
     """
-    model = unwrap_model(model)
+    model = unwrap(model)
     taps = list(taps)
     if device is None:
         param = next(model.parameters(), None)

@@ -21,14 +21,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from monai.networks import eval_mode
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from shortcut_kd.distill.capture import FeatureCapture
 from shortcut_kd.io import write_text
+from shortcut_kd.nets import FeatureCapture
 from shortcut_kd.seeding import sample_uniform
 
 __all__ = ["pool_features", "extract_features", "probe_layers", "choose_taps", "split_by_id", "plot_layer_probes",
@@ -65,27 +66,22 @@ def extract_features(model: nn.Module, taps: Sequence[str], loader: Iterable, ke
     feats: dict[str, list[np.ndarray]] = {t: [] for t in taps}
     values: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     seen = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FeatureCapture(model, taps, detach=True) as capture:
-            for batch in loader:
-                if max_samples is not None and seen >= max_samples:
-                    break
-                images = batch[image_key]
-                images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
-                take = len(images) if max_samples is None else min(len(images), max_samples - seen)
-                model(images[:take].to(device))
-                for tap in taps:
-                    feats[tap].append(pool_features(capture.features[tap]).float().cpu().numpy()[:take])
-                for key in keys:
-                    if key in batch:
-                        v = batch[key]
-                        v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-                        values[key].append(v.reshape(len(images), -1)[:take, 0])
-                seen += take
-    finally:
-        model.train(was_training)
+    with eval_mode(model), FeatureCapture(model, taps, detach=True) as capture:  # eval_mode: also no_grad
+        for batch in loader:
+            if max_samples is not None and seen >= max_samples:
+                break
+            images = batch[image_key]
+            images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
+            take = len(images) if max_samples is None else min(len(images), max_samples - seen)
+            model(images[:take].to(device))
+            for tap in taps:
+                feats[tap].append(pool_features(capture.features[tap]).float().cpu().numpy()[:take])
+            for key in keys:
+                if key in batch:
+                    v = batch[key]
+                    v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                    values[key].append(v.reshape(len(images), -1)[:take, 0])
+            seen += take
     pooled = {t: np.concatenate(v) if v else np.zeros((0, 0)) for t, v in feats.items()}
     return pooled, {k: np.concatenate(v) for k, v in values.items() if v and len(v) == len(feats[taps[0]])}
 

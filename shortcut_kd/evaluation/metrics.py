@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from monai.networks import eval_mode
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 from torch import nn
@@ -54,32 +55,28 @@ def predict(model: nn.Module, loader: Any, device: str | torch.device = "cpu", a
         "bias": int array or None when the batches carry no "bias", "ids": str array}``.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     labels, scores, biases, ids = [], [], [], []
     has_bias, seen = True, 0
-    try:
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            for batch in loader:
-                images = batch[image_key]
-                images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
-                logits = model(images.to(device))
-                if logits.ndim != 2 or logits.shape[1] != 2:
-                    raise ValueError(f"model output has shape {tuple(logits.shape)}, expected (batch, 2). "
-                                     "Fix: build the network with num_classes=2 (negative, positive logits).")
-                scores.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
-                n = len(logits)
-                labels.append(_flat(batch["label"]).astype(int))
-                if has_bias and "bias" in batch:
-                    biases.append(_flat(batch["bias"]).astype(int))
-                else:
-                    has_bias = False
-                batch_ids = batch.get("id")
-                ids.append(np.asarray([str(i) for i in batch_ids]) if batch_ids is not None
-                           else np.asarray([str(seen + i) for i in range(n)]))
-                seen += n
-    finally:
-        model.train(was_training)
+    # MONAI's eval_mode also runs the block under torch.no_grad and restores the training mode after it
+    with eval_mode(model), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        for batch in loader:
+            images = batch[image_key]
+            images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
+            logits = model(images.to(device))
+            if logits.ndim != 2 or logits.shape[1] != 2:
+                raise ValueError(f"model output has shape {tuple(logits.shape)}, expected (batch, 2). "
+                                 "Fix: build the network with num_classes=2 (negative, positive logits).")
+            scores.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+            n = len(logits)
+            labels.append(_flat(batch["label"]).astype(int))
+            if has_bias and "bias" in batch:
+                biases.append(_flat(batch["bias"]).astype(int))
+            else:
+                has_bias = False
+            batch_ids = batch.get("id")
+            ids.append(np.asarray([str(i) for i in batch_ids]) if batch_ids is not None
+                       else np.asarray([str(seen + i) for i in range(n)]))
+            seen += n
     cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
     return {"labels": cat(labels, int), "scores": cat(scores, float),
             "bias": cat(biases, int) if has_bias and biases else None, "ids": cat(ids, str)}

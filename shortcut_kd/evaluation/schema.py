@@ -23,6 +23,7 @@ import copy
 import math
 from typing import Any, Iterable
 
+from shortcut_kd.data.splits import TEST_SETS
 from shortcut_kd.errors import DataError
 from shortcut_kd.evaluation.metrics import TEST_ENTRY_KEYS
 
@@ -34,7 +35,6 @@ SET_SCHEMA = "shortcut-kd/results-set/v1"
 BASELINES = ("randconv", "mixup", "cutmix", "groupdro", "jtt", "reweight", "dfr")
 METHOD_ORDER = ("erm", *BASELINES, "teacher", "kd", "oracle")
 """Report order: ERM, the baselines, the specialist teacher, the distilled student, the oracle."""
-TEST_SETS = ("unbiased", "aligned", "conflicting", "clean", "ood")
 REFERENCE_METHODS = ("oracle",)
 """Methods that are references rather than contenders: they need a large bias-free training set,
 which is not available in practice, so they are not marked best in the report's table."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from shortcut_kd.errors import ConfigError
 from shortcut_kd.nets.alexnet import AlexNet
+from shortcut_kd.nets.checkpoint import unwrap
 from shortcut_kd.nets.simba_cnn import SimBACNN
 
 __all__ = [
@@ -168,14 +169,8 @@ def build_network(
     return model
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return model.module
-    return model
-
-
 def _arch_of(model: nn.Module) -> str | None:
-    model = _unwrap(model)
+    model = unwrap(model)
     name = getattr(model, "arch_name", None)
     if name is not None:
         return str(name).lower()
@@ -261,9 +256,9 @@ def resolve_taps(model_or_name: str | nn.Module, spec: TapSpec = "all") -> list[
             raise
         valid = []
     for n in names:
-        ok = _has(_unwrap(model_or_name), n) if is_model else n in valid
+        ok = _has(unwrap(model_or_name), n) if is_model else n in valid
         if not ok:
-            shown = valid or [m for m, _ in _unwrap(model_or_name).named_children()]
+            shown = valid or [m for m, _ in unwrap(model_or_name).named_children()]
             raise ConfigError("taps", n, f"use 'all', 'early', 'late' or names from {shown}.")
     return names
 

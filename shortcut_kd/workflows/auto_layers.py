@@ -11,11 +11,14 @@ if TYPE_CHECKING:
 
 
 def auto_layers(exp: "Experiment") -> list[str]:
-    """Taps chosen from a per-layer bias probe of the ERM model (cached in stages/erm/layer_probes.json)."""
+    """Taps chosen from a per-layer bias probe of the ERM model, on the bias-free specialist data (cached in
+    ``stages/erm_layer_probes_<model hash>.json``, so a retrained ERM model is probed again)."""
     from shortcut_kd.evaluation.layer_probes import choose_taps, probe_layers
     from shortcut_kd.nets import get_taps
+    from shortcut_kd.provenance import file_sha256
 
-    cache = exp.stage_dir("erm") / "layer_probes.json"
+    digest = (file_sha256(exp.model_path("erm")) or "none")[:12]
+    cache = exp.root / "stages" / f"erm_layer_probes_{digest}.json"
     if cache.is_file():
         rows = read_json(cache)
     else:

@@ -3,9 +3,8 @@
 The bundle configs stay flat and readable: each piece of logic they need lives here (or deeper in the
 library) and is named by ``_target_`` or a short ``$`` expression:
 
-- :func:`prepare_bundle_splits`: the split datalists of a dataset in its native layout (through
-  :class:`~shortcut_kd.workflows.experiment.Experiment`, so bundles and ``shortcut-kd stage`` build the
-  same splits), once per process group under DDP.
+- :func:`prepare_bundle_splits`: the split datalists of a dataset in its native layout, once per process
+  group under DDP.
 - :func:`bundle_shortcut`: the shortcut transform named in ``shortcut#name`` (None for ``native``/``none``).
 - :func:`load_datalist`: one split role as a MONAI datalist.
 - :func:`load_network`: a network with the weights of a checkpoint, frozen (the distillation teacher).
@@ -32,7 +31,6 @@ from shortcut_kd.io import save_torch, write_json
 
 __all__ = [
     "prepare_bundle_splits",
-    "bundle_experiment",
     "bundle_shortcut",
     "load_datalist",
     "load_network",
@@ -40,7 +38,13 @@ __all__ = [
     "ResumableCheckpoint",
     "TeacherProbesHandler",
     "SampleIdRecorder",
+    "InitialWeights",
+    "SaveFinalModel",
+    "jtt_datalist",
+    "run_dfr",
+    "test_loaders",
     "evaluate_checkpoints",
+    "shortcut_entry",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,41 +59,6 @@ def is_rank0() -> bool:
     return not _dist_ready() or torch.distributed.get_rank() == 0
 
 
-def bundle_experiment(dataset: str, dataset_dir: str, output_dir: str, shortcut: str | None = "patch",
-                      p_bias_pos: float = 0.95, p_bias_neg: float = 0.05, seed: int = 0,
-                      specialist_size: float = 0.1, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                      bias_free: str = "decorrelated", ood_dir: str | None = None,
-                      shortcut_overrides: Mapping[str, Any] | None = None, **settings: Any):
-    """The :class:`~shortcut_kd.workflows.experiment.Experiment` that a bundle's split keys describe.
-
-    Args:
-        dataset: ``isic2017``, ``chexpert`` or ``simba``.
-        dataset_dir: the dataset in its native layout.
-        output_dir: the bundle's output folder; the splits go to ``output_dir/splits``.
-        shortcut: shortcut preset name, ``native`` (data with its own bias flag) or ``none``.
-        p_bias_pos: P(shortcut | positive) in the biased training set.
-        p_bias_neg: P(shortcut | negative) in the biased training set.
-        seed: decides every sample's split role and bias flag.
-        specialist_size: fraction (or count) of the bias-free specialist subset.
-        val_fraction: fraction of the validation split.
-        test_fraction: fraction of the test splits.
-        bias_free: ``decorrelated`` or ``absent`` (see DESIGN.md, "Bias-free, precisely").
-        ood_dir: an optional shifted source in the same layout (the ``ood`` test set).
-        shortcut_overrides: preset parameters to change (``make_shortcut`` keyword arguments).
-        settings: any other :class:`~shortcut_kd.workflows.settings.ExperimentSettings` field.
-    """
-    from shortcut_kd.workflows.experiment import Experiment
-    from shortcut_kd.workflows.settings import ExperimentSettings
-
-    values = dict(dataset=dataset, dataset_dir=str(dataset_dir), output_dir=str(output_dir),
-                  shortcut=shortcut if shortcut not in (None, "") else "none", p_bias_pos=float(p_bias_pos),
-                  p_bias_neg=float(p_bias_neg), seed=int(seed), specialist_size=specialist_size,
-                  val_fraction=float(val_fraction), test_fraction=float(test_fraction), bias_free=bias_free,
-                  ood_dir=str(ood_dir) if ood_dir else None, shortcut_overrides=dict(shortcut_overrides or {}))
-    values.update(settings)
-    return Experiment(ExperimentSettings(**values))
-
-
 def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, shortcut: str | None = "patch",
                           p_bias_pos: float = 0.95, p_bias_neg: float = 0.05, seed: int = 0,
                           specialist_size: float = 0.1, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -97,25 +66,49 @@ def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, short
     """Read the dataset in its native layout, build (or reuse) the split datalists and return their folder.
 
     The splits are rebuilt only when these settings or the dataset folder change, so every stage of a
-    bundle (train, teacher, distill, oracle, evaluate) sees the same samples and bias flags. Under DDP
-    rank 0 writes them while the other ranks wait.
+    bundle (train, teacher, distill, oracle, the baselines, evaluate) sees the same samples and bias flags.
+    Under DDP rank 0 writes them while the other ranks wait.
 
-    Args: see :func:`bundle_experiment`.
+    Args:
+        dataset: a key of ``shortcut_kd.data.registry.DATASETS`` (``isic2017``, ``chexpert``, ``simba``).
+        dataset_dir: the dataset in its native layout.
+        output_dir: the run's output folder; the splits go to ``output_dir/splits``.
+        shortcut: shortcut preset name, ``native`` (the data's own bias flag, e.g. SimBA) or ``none``.
+        p_bias_pos: P(shortcut | positive) in the biased training set.
+        p_bias_neg: P(shortcut | negative) in the biased training set.
+        seed: decides every sample's split role and bias flag.
+        specialist_size: fraction (or count) of the bias-free specialist subset.
+        val_fraction: fraction of the validation split.
+        test_fraction: fraction of the test splits.
+        bias_free: ``decorrelated`` (the shortcut on a random half of each class) or ``absent``.
+        ood_dir: an optional shifted source in the same layout (the ``ood`` test set).
 
     Returns:
         ``output_dir/splits`` (one JSON datalist per role, read with :func:`load_datalist`).
     """
+    from shortcut_kd.data.prepare import prepare_splits
+    from shortcut_kd.data.registry import get_dataset
+    from shortcut_kd.data.splits import SplitSettings
+
+    entry = get_dataset(dataset)
     if not Path(dataset_dir).is_dir():
         raise ConfigError("dataset_dir", str(dataset_dir),
                           f"point dataset_dir at the {dataset} download in its native layout "
                           f"(see the bundle's docs/README.md, section 'Data').")
-    exp = bundle_experiment(dataset, dataset_dir, output_dir, shortcut, p_bias_pos, p_bias_neg, seed,
-                            specialist_size, val_fraction, test_fraction, bias_free, ood_dir)
+    native = shortcut == "native"
+    if native and not entry.native_bias:
+        raise ConfigError("shortcut#name", "native", f"{dataset} carries no bias of its own; choose an injected "
+                                                     "shortcut preset such as patch or noise.")
+    settings = SplitSettings(seed=int(seed), p_bias_pos=float(p_bias_pos), p_bias_neg=float(p_bias_neg),
+                             specialist_size=specialist_size, val_fraction=float(val_fraction),
+                             test_fraction=float(test_fraction), bias_free=bias_free, group_key=entry.group_key,
+                             native_bias=native)
+    split_dir = Path(output_dir) / "splits"
     if is_rank0():
-        exp.prepare_splits()
+        prepare_splits(dataset, dataset_dir, split_dir, settings, ood_dir=ood_dir or None)
     if _dist_ready():
         torch.distributed.barrier()
-    return str(exp.split_dir)
+    return str(split_dir)
 
 
 def bundle_shortcut(name: str | None, spatial_dims: int, overrides: Mapping[str, Any] | None = None):
@@ -151,7 +144,7 @@ def load_datalist(split_dir: str | os.PathLike, role: str) -> list[dict]:
 
 
 def load_network(network: nn.Module, ckpt_file: str | os.PathLike, device: str | torch.device | None = None,
-                 frozen: bool = True) -> nn.Module:
+                 frozen: bool = True, written_by: str | None = None) -> nn.Module:
     """Load a checkpoint written by a bundle stage into ``network`` (eval mode, frozen by default).
 
     Args:
@@ -159,33 +152,18 @@ def load_network(network: nn.Module, ckpt_file: str | os.PathLike, device: str |
         ckpt_file: a state dict file, or a dict holding one under ``model`` / ``network``.
         device: where to move the network.
         frozen: switch off gradients (a teacher).
+        written_by: the stage that writes ``ckpt_file``, named in the error when it is missing.
     """
-    path = Path(ckpt_file)
-    if not path.is_file():
-        raise DataError("checkpoint not found.", file=str(path),
-                        fix="run the stage that writes it first (teacher.pt: the 'teacher' stage, "
-                            "model.pt: 'train', model_kd.pt: 'distill'), or set the path in the config.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("model", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"the checkpoint does not fit the network ({str(e).splitlines()[0]}).", file=str(path),
-                        fix="use the network_def (architecture and widths) the checkpoint was trained with.") from e
-    if device is not None:
-        network = network.to(device)
-    if frozen:
-        network.requires_grad_(False)
-    return network.eval()
+    from shortcut_kd.nets.checkpoint import load_weights
+
+    net = load_weights(network, ckpt_file, device=device, frozen=frozen, written_by=written_by)
+    return net.eval()
 
 
 def _unwrap(obj: Any) -> Any:
-    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return obj.module
-    return obj
+    from shortcut_kd.nets.checkpoint import unwrap
+
+    return unwrap(obj) if isinstance(obj, nn.Module) else obj
 
 
 class ResumableCheckpoint:
@@ -194,8 +172,9 @@ class ResumableCheckpoint:
     MONAI's ``CheckpointSaver`` names interval checkpoints by epoch and ``CheckpointLoader`` needs one
     known path, so this handler keeps a single file per stage, written atomically (a crash mid-save never
     destroys the previous state). When the file exists at ``attach``, a MONAI ``CheckpointLoader`` restores
-    it when the trainer starts, so a rerun continues where the last one stopped (a finished stage with the
-    same ``max_epochs`` does nothing; a larger ``max_epochs`` trains on).
+    it when the trainer starts and the loader's random streams are advanced past the finished epochs, so a
+    rerun continues where the last one stopped and ends with the weights of an uninterrupted run (a
+    finished stage with the same ``max_epochs`` does nothing; a larger ``max_epochs`` trains on).
 
     The trainer is added to ``save_dict`` at ``attach`` (the config cannot name it without a reference
     cycle).
@@ -229,51 +208,113 @@ class ResumableCheckpoint:
                 map_location = str(map_location)
             loader = CheckpointLoader(load_path=str(self.path), load_dict=self._objects, map_location=map_location)
             loader.attach(engine)
+            engine.add_event_handler(Events.STARTED, self._replay_data_order)
         if self.save:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         save_torch(self.path, {k: _unwrap(v).state_dict() for k, v in self._objects.items()})
 
+    @staticmethod
+    def _replay_data_order(engine: Engine) -> None:
+        """After loading, advance the training loader's random streams past the finished epochs.
 
-class ResetHeadHandler:
-    """Re-initialise the network's classifier head when training starts (after a CheckpointLoader
-    attached before it has loaded the ERM weights): the specialist teacher keeps the ERM backbone
-    but learns a fresh head on the bias-free subset (see benchmarks/method_study.md).
+        The checkpoint restores the network, optimizer and counters, but the loader's shuffling generator
+        (or its sampler's own) restarts from its seed; without this, epoch ``k + 1`` of a resumed run would
+        repeat epoch 1's order instead of drawing what an uninterrupted run draws. Each epoch consumes the
+        streams as a real one does: the DataLoader draws its workers' base seed when its iterator is made,
+        then the sampler draws the order. Nothing is loaded.
+        """
+        loader = engine.data_loader
+        if loader is None or not hasattr(loader, "sampler"):
+            return
+        sampler = loader.sampler
+        for epoch in range(engine.state.epoch):
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: the order is a function of the epoch
+                break
+            iter(loader)
+            for _ in sampler:
+                pass
+
+
+class InitialWeights:
+    """Start training from another stage's checkpoint, or fail by name when it is missing.
+
+    Loaded when the handler is attached, that is when the trainer is built and before anything runs or
+    is written: a missing upstream file stops the stage with an error naming the file and the stage that
+    writes it, never a silent start from scratch. Starting from scratch is the explicit ``ckpt_file: null``
+    (or ``"scratch"``). A resumed run (the stage's own last state exists) keeps the resumed weights,
+    since MONAI's ``CheckpointLoader`` of ``ResumableCheckpoint`` loads them when the trainer starts.
 
     Args:
-        network: the network whose head (``shortcut_kd.nets.get_head_name``) is reset.
-        enabled: False leaves the head as loaded (e.g. when no ERM checkpoint exists).
+        network: the network being trained (``@network``).
+        ckpt_file: the checkpoint to start from; None or ``"scratch"`` for random initialisation.
+        reset_head: re-initialise the classifier head after loading (the specialist teacher learns a fresh
+            head on the bias-free subset: the ERM head maps the shortcut's features to the label).
+        written_by: the stage that writes ``ckpt_file`` (named in the error).
     """
 
-    def __init__(self, network: nn.Module, enabled: bool = True) -> None:
-        self.network, self.enabled = network, enabled
+    def __init__(self, network: nn.Module, ckpt_file: str | os.PathLike | None, reset_head: bool = False,
+                 written_by: str | None = None) -> None:
+        self.network, self.ckpt_file = network, ckpt_file
+        self.reset_head, self.written_by = bool(reset_head), written_by
+
+    @property
+    def scratch(self) -> bool:
+        return self.ckpt_file in (None, "", "scratch")
 
     def attach(self, engine: Engine) -> None:
-        if self.enabled:
-            engine.add_event_handler(Events.STARTED, self)
+        if self.scratch:
+            return
+        from shortcut_kd.nets import get_head_name
+        from shortcut_kd.nets.checkpoint import load_weights, unwrap
+
+        net = load_weights(self.network, str(self.ckpt_file), written_by=self.written_by)
+        if self.reset_head:
+            net = unwrap(net)
+            net.get_submodule(get_head_name(net)).reset_parameters()
+
+
+class SaveFinalModel:
+    """Save the network's weights when training completes: the stage's model (model selection: the last
+    epoch, the same rule for every method).
+
+    MONAI's ``CheckpointSaver(save_final=True)`` also writes its final file when an exception ends the
+    run, which would leave a half-trained model under the stage's name; this handler writes only on
+    ``COMPLETED``, atomically, a plain state dict as ``monai.bundle`` tools expect.
+
+    Args:
+        network: the network (``@network``; a DDP wrapper is looked through).
+        path: the file (``models/model_<stage>.pt``; ``models/model.pt`` for the distilled student).
+        save: False on DDP ranks other than 0.
+    """
+
+    def __init__(self, network: nn.Module, path: str | os.PathLike, save: bool = True) -> None:
+        self.network, self.path, self.save = network, Path(path), bool(save)
+
+    def attach(self, engine: Engine) -> None:
+        if self.save:
+            engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from shortcut_kd.nets import get_head_name
+        from shortcut_kd.nets.checkpoint import unwrap
 
-        if engine.state.iteration == 0:  # a fresh start, not a resume from the stage's own last state
-            net = _unwrap(self.network)
-            net.get_submodule(get_head_name(net)).reset_parameters()
+        save_torch(self.path, unwrap(self.network).state_dict())
+        logger.info("saved %s (epoch %d)", self.path, engine.state.epoch)
 
 
 class TeacherProbesHandler:
     """When the teacher's training completes, fit one linear probe per tap and save them.
 
     The probes are what the ``probe_kl`` distillation loss compares student and teacher through (see
-    ``shortcut_kd.distill.fit_probes``). They are fitted on the frozen teacher with the weights of its best
-    checkpoint (``ckpt_file``, when it exists; else the final weights), on the bias-free specialist data.
+    ``shortcut_kd.distill.fit_probes``). They are fitted on the frozen final teacher (the weights the
+    stage saves), on the bias-free specialist data.
 
     Args:
         network: the teacher being trained (``@network``).
         loader: the specialist loader (``@train#dataloader``); random augmentation is harmless but wasted.
         output_file: where to write the probes (``ProbeSet.save`` format), e.g. ``models/teacher_probes.pt``.
         taps: ``all``, ``early``, ``late`` or tap names (``shortcut_kd.nets.resolve_taps``).
-        ckpt_file: the teacher's best checkpoint, loaded into ``network`` before fitting.
         epochs: probe training epochs (over pooled features; cheap).
         lr: probe learning rate.
         seed: probe initialisation and shuffling.
@@ -281,10 +322,9 @@ class TeacherProbesHandler:
     """
 
     def __init__(self, network: nn.Module, loader: Any, output_file: str | os.PathLike, taps: Any = "all",
-                 ckpt_file: str | os.PathLike | None = None, epochs: int = 10, lr: float = 1e-2, seed: int = 0,
-                 enabled: bool = True) -> None:
+                 epochs: int = 10, lr: float = 1e-2, seed: int = 0, enabled: bool = True) -> None:
         self.network, self.loader, self.output_file = network, loader, Path(output_file)
-        self.taps, self.ckpt_file, self.epochs, self.lr, self.seed = taps, ckpt_file, int(epochs), float(lr), seed
+        self.taps, self.epochs, self.lr, self.seed = taps, int(epochs), float(lr), seed
         self.enabled = bool(enabled)
 
     def attach(self, engine: Engine) -> None:
@@ -296,8 +336,6 @@ class TeacherProbesHandler:
         from shortcut_kd.nets import resolve_taps
 
         teacher = _unwrap(self.network)
-        if self.ckpt_file and Path(self.ckpt_file).is_file():
-            load_network(teacher, self.ckpt_file, frozen=False)
         taps = resolve_taps(teacher, self.taps)
         device = next(teacher.parameters()).device
         loader = self.loader
@@ -341,16 +379,90 @@ class SampleIdRecorder:
         write_json(self.output_dir / f"seen_ids_rank{rank}.json", {str(k): v for k, v in self.seen.items()})
 
 
-def evaluate_checkpoints(checkpoints: Mapping[str, str], network: nn.Module, split_dir: str | os.PathLike,
+def jtt_datalist(items: list[dict], identifier: nn.Module, transform: Any, lambda_up: int,
+                 errors_file: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 batch_size: int = 32) -> list[dict]:
+    """JTT's second-stage datalist: the samples the identification model gets wrong, ``lambda_up`` times.
+
+    Args:
+        items: the training datalist.
+        identifier: the early-stopped ERM network (the ``jtt_identify`` stage's checkpoint).
+        transform: deterministic preprocessing (the errors are those of the data, not of an augmented view).
+        lambda_up: the upsampling factor λ.
+        errors_file: where to record the error ids (for inspection).
+        device: where to run the identifier.
+        batch_size: inference batch size.
+    """
+    from monai.data import DataLoader, Dataset
+
+    from shortcut_kd.baselines import find_errors, jtt_upsample
+
+    loader = DataLoader(Dataset(items, transform=transform), batch_size=int(batch_size), shuffle=False)
+    errors = find_errors(identifier, loader, device=device)
+    if errors_file and is_rank0():
+        write_json(errors_file, errors)
+    logger.info("jtt: %d of %d training samples misclassified, upsampled x%d", len(errors), len(items), lambda_up)
+    return jtt_upsample(items, errors, int(lambda_up))
+
+
+def run_dfr(network: nn.Module, erm_ckpt: str | os.PathLike, loader: Any, output_file: str | os.PathLike,
+            device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:
+    """Deep Feature Reweighting as a bundle stage: the ERM backbone with its last layer refit on the bias-free
+    specialist subset (``loader``), saved to ``output_file``.
+
+    Args:
+        network: the ERM architecture (``@network_def``).
+        erm_ckpt: the ERM checkpoint (written by the erm stage, ``configs/train.json``).
+        loader: the specialist loader.
+        output_file: where to save the refit network.
+        device: where to run it.
+        seed: the refit's subsampling seed.
+    """
+    from shortcut_kd.baselines import dfr_retrain
+    from shortcut_kd.nets import get_head_name
+
+    model = load_network(network, erm_ckpt, device=device, written_by="the erm stage (configs/train.json)")
+    refit = dfr_retrain(model, get_head_name(model), loader, device=device, seed=int(seed))
+    if is_rank0():
+        save_torch(output_file, _unwrap(refit).state_dict())
+    return refit
+
+
+def test_loaders(split_dir: str | os.PathLike, transform: Any, batch_size: int = 32, num_workers: int = 0,
+                 cache_dir: str | os.PathLike | None = None) -> dict:
+    """A MONAI DataLoader per test set found in ``split_dir`` (results.json test key -> loader)."""
+    from monai.data import DataLoader
+
+    from shortcut_kd.data.cache import cached_dataset
+    from shortcut_kd.data.splits import TEST_SETS, load_split
+
+    loaders = {}
+    for name in TEST_SETS:
+        path = Path(split_dir) / f"test_{name}.json"
+        items = load_split(split_dir, f"test_{name}") if path.is_file() else []
+        if items:
+            dataset = cached_dataset(items, transform, cache_dir=cache_dir, num_workers=num_workers)
+            loaders[name] = DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
+                                       num_workers=int(num_workers))
+    if not loaders:
+        raise DataError("no test split found.", file=str(split_dir),
+                        fix="run a training stage first (it writes the splits), with test_fraction > 0.")
+    return loaders
+
+
+def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Module, split_dir: str | os.PathLike,
                          transform: Any, output_file: str | os.PathLike, dataset: str, shortcut: str | None = None,
                          p_bias_pos: float | None = None, p_bias_neg: float | None = None,
                          teacher_network: nn.Module | None = None, device: str | torch.device = "cpu",
                          batch_size: int = 32, num_workers: int = 0, n_bootstrap: int = 500,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, cache_dir: str | os.PathLike | None = None) -> dict:
     """Evaluate each existing checkpoint on every test set and write ``results.json``.
 
+    Every method entry records the SHA-256 of the checkpoint it scored; the results record the split
+    manifest's hash, the versions, device and thread count.
+
     Args:
-        checkpoints: results.json method key (``erm``, ``teacher``, ``kd``, ``oracle``) -> checkpoint file;
+        checkpoints: results.json method key (``erm``, ``teacher``, ``kd``, ...) -> checkpoint file;
             missing files are skipped with a log line.
         network: the architecture of the student checkpoints (weights are loaded in turn).
         split_dir: the folder written by :func:`prepare_bundle_splits`.
@@ -366,28 +478,16 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str], network: nn.Module, spl
         num_workers: data loader workers.
         n_bootstrap: bootstrap resamples of the AUC confidence interval.
         seed: bootstrap seed.
+        cache_dir: the shared preprocessing cache (``cached_dataset``).
 
     Returns:
         The results dict (schema ``shortcut-kd/results/v1``).
     """
-    from monai.data import DataLoader, Dataset
-
-    from shortcut_kd.data.splits import load_split
     from shortcut_kd.evaluation import evaluate
     from shortcut_kd.evaluation.schema import SCHEMA
-    from shortcut_kd.workflows.experiment import TEST_ROLES
-    from shortcut_kd.workflows.protocol import shortcut_entry
+    from shortcut_kd.provenance import environment, file_sha256
 
-    loaders = {}
-    for name, role in TEST_ROLES.items():
-        if (Path(split_dir) / f"{role}.json").is_file():
-            items = load_split(split_dir, role)
-            if items:
-                loaders[name] = DataLoader(Dataset(items, transform=transform), batch_size=int(batch_size),
-                                           shuffle=False, num_workers=int(num_workers))
-    if not loaders:
-        raise DataError("no test split found.", file=str(split_dir),
-                        fix="run a training stage first (it writes the splits), with test_fraction > 0.")
+    loaders = test_loaders(split_dir, transform, batch_size, num_workers, cache_dir)
     methods: dict[str, dict] = {}
     for method, ckpt in checkpoints.items():
         if not ckpt or not Path(ckpt).is_file():
@@ -396,17 +496,27 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str], network: nn.Module, spl
         net = teacher_network if (method == "teacher" and teacher_network is not None) else network
         model = load_network(_unwrap(net), ckpt, device=device)
         methods[method] = {"test": evaluate(model, loaders, device=device, n_bootstrap=int(n_bootstrap),
-                                            seed=int(seed))}
+                                            seed=int(seed)),
+                           "checkpoint": {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}}
         logger.info("%s: AUC %s", method, {t: m.get("auc") for t, m in methods[method]["test"].items()})
     if not methods:
         raise DataError("none of the checkpoints exists.", file=", ".join(str(c) for c in checkpoints.values()),
-                        fix="train at least one stage (train, teacher, distill, oracle) before 'evaluate'.")
-    exp = bundle_experiment(dataset, "", "", shortcut=shortcut,
-                            p_bias_pos=0.0 if p_bias_pos is None else p_bias_pos,
-                            p_bias_neg=0.0 if p_bias_neg is None else p_bias_neg)
+                        fix="train at least one stage (train, teacher, distill, oracle, a baseline) before "
+                            "'evaluate'.")
     results = {"schema": SCHEMA, "dataset": dataset,
                "architecture": getattr(_unwrap(network), "arch_name", type(_unwrap(network)).__name__),
-               "shortcut": shortcut_entry(exp), "seed": int(seed), "methods": methods}
+               "shortcut": shortcut_entry(shortcut, p_bias_pos, p_bias_neg), "seed": int(seed), "methods": methods,
+               "provenance": {"split_manifest_sha256": file_sha256(Path(split_dir) / "splits.json"),
+                              "n_bootstrap": int(n_bootstrap), **environment(device)}}
     if is_rank0():
         write_json(output_file, results)
     return results
+
+
+def shortcut_entry(name: str | None, p_bias_pos: float | None, p_bias_neg: float | None) -> dict:
+    """The ``shortcut`` block of results.json."""
+    if name in (None, "", "none", "native"):
+        return {"name": name or "none", "kind": name or "none", "p_bias_pos": None, "p_bias_neg": None}
+    from shortcut_kd.shortcuts import shortcut_kind
+
+    return {"name": name, "kind": shortcut_kind(name), "p_bias_pos": p_bias_pos, "p_bias_neg": p_bias_neg}

@@ -20,25 +20,34 @@ from typing import Any
 
 from shortcut_kd.errors import ConfigError, ShortcutKDError
 
-__all__ = ["STAGES", "BUNDLES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow", "toolkit_error",
+__all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow", "toolkit_error",
            "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
-STAGES: dict[str, tuple[tuple[str, ...], str]] = {
+BASELINE_STAGES = ("randconv", "mixup", "cutmix", "groupdro", "jtt_identify", "jtt", "reweight", "dfr")
+
+BUNDLE_STAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "train": (("train.json",), "train"),
     "teacher": (("train.json", "teacher.json"), "train"),
     "distill": (("train.json", "distill.json"), "train"),
     "oracle": (("train.json", "oracle.json"), "train"),
+    **{name: (("train.json", f"{name}.json"), "train") for name in BASELINE_STAGES},
     "evaluate": (("train.json", "evaluate.json"), "train"),
     "inference": (("inference.json",), "infer"),
 }
-"""stage -> (config files merged in order, ``ConfigWorkflow`` workflow type)."""
+"""bundle stage -> (config files merged in order, ``ConfigWorkflow`` workflow type). Every stage but
+``inference`` merges its file onto ``train.json``; the stage files are shared by every bundle (one source,
+``bundles/common/configs/``, linked into each bundle's ``configs/``)."""
 
 ALIASES = {"erm": "train", "kd": "distill", "infer": "inference", "eval": "evaluate"}
+"""results.json method keys (and short forms) -> bundle stage."""
 
-BUNDLES = {"isic2017": "isic2017_shortcut_kd", "chexpert": "chexpert_shortcut_kd", "simba": "simba_shortcut_kd"}
-"""short name -> bundle folder under the repository's ``bundles/``."""
+
+def _bundle_names() -> dict[str, str]:
+    from shortcut_kd.data.registry import DATASETS
+
+    return {name: entry.bundle for name, entry in DATASETS.items()}
 
 
 def _default_bundles_dir() -> Path:
@@ -52,19 +61,19 @@ def resolve_bundle(bundle: str, bundles_dir: str | Path | None = None) -> Path:
     if (path / "configs").is_dir():
         return path.resolve()
     root = Path(bundles_dir) if bundles_dir else _default_bundles_dir()
-    for candidate in (root / BUNDLES.get(bundle, bundle), root / bundle):
+    for candidate in (root / _bundle_names().get(bundle, bundle), root / bundle):
         if (candidate / "configs").is_dir():
             return candidate.resolve()
-    raise ConfigError("BUNDLE", bundle, f"give a bundle folder (one with configs/) or one of {sorted(BUNDLES)} "
+    raise ConfigError("BUNDLE", bundle, f"give a bundle folder (one with configs/) or one of {sorted(_bundle_names())} "
                                         f"(looked in {root}).")
 
 
 def stage_configs(bundle_dir: Path, stage: str) -> tuple[list[str], str]:
     """The config files (merged in order) and the workflow type of ``stage``."""
     stage = ALIASES.get(stage, stage)
-    if stage not in STAGES:
-        raise ConfigError("STAGE", stage, f"use one of {sorted(STAGES)}.")
-    names, workflow_type = STAGES[stage]
+    if stage not in BUNDLE_STAGES:
+        raise ConfigError("STAGE", stage, f"use one of {sorted(BUNDLE_STAGES)} (or {sorted(ALIASES)}).")
+    names, workflow_type = BUNDLE_STAGES[stage]
     files = [bundle_dir / "configs" / n for n in names]
     for f in files:
         if not f.is_file():
@@ -118,7 +127,8 @@ def make_workflow(bundle: str, stage: str, overrides: dict[str, Any] | None = No
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle folder, or isic2017 / chexpert / simba")
-    parser.add_argument("stage", help="train (erm), teacher, distill (kd), oracle, evaluate or inference")
+    parser.add_argument("stage", help="train (erm), teacher, distill (kd), oracle, a baseline (randconv, mixup, "
+                                      "cutmix, groupdro, jtt_identify, jtt, reweight, dfr), evaluate or inference")
     parser.add_argument("--dataset-dir", help="the dataset in its native layout (inference: the files to predict)")
     parser.add_argument("--output-dir", help="splits, logs, results.json, predictions.csv (default: BUNDLE/eval)")
     parser.add_argument("--epochs", type=int, help="train#trainer#max_epochs")
@@ -157,9 +167,6 @@ def toolkit_error(error: BaseException) -> ShortcutKDError | None:
     MONAI wraps what a ``_target_`` raises in ``RuntimeError("Failed to instantiate component ...")``;
     the command shows the toolkit's own message (file, field and fix) instead of that traceback.
     """
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ShortcutKDError):
-            return cause
-        cause = cause.__cause__
-    return None
+    from shortcut_kd.errors import find_toolkit_error
+
+    return find_toolkit_error(error)

@@ -1,4 +1,4 @@
-"""``shortcut-kd stage METHOD``: run one protocol stage of an experiment."""
+"""``shortcut-kd stage METHOD``: run one protocol stage of an experiment through its bundle config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 
-from shortcut_kd.workflows.settings import METHODS, ExperimentSettings, load_settings
+from shortcut_kd.workflows.experiment import STAGE_METHODS
+from shortcut_kd.workflows.settings import ExperimentSettings, read_settings
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
     overrides = {k: getattr(args, k) for k in ("dataset", "dataset_dir", "ood_dir", "output_dir", "shortcut",
                                                "architecture", "epochs", "seed", "device", "amp")}
-    settings = load_settings(args.config, **overrides) if args.config else \
+    settings = read_settings(args.config, **overrides) if args.config else \
         ExperimentSettings(**{k: v for k, v in overrides.items() if v is not None})
     nested = parse_overrides(args.set)
     return settings.replace(**nested) if nested else settings
@@ -54,16 +55,16 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", choices=METHODS)
+    parser.add_argument("method", choices=STAGE_METHODS)
     add_settings_arguments(parser)
-    parser.add_argument("--fresh", action="store_true", help="start the stage over")
+    parser.add_argument("--fresh", action="store_true", help="rerun the stage even if an identical run is recorded")
 
 
 def run(args: argparse.Namespace) -> int:
     from shortcut_kd.evaluation.report import format_table
     from shortcut_kd.workflows.experiment import Experiment
     from shortcut_kd.workflows.protocol import collect_results
-    from shortcut_kd.workflows.stages import run_stage
+    from shortcut_kd.workflows.runner import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     exp = Experiment(settings_from_args(args))

@@ -7,14 +7,14 @@ import logging
 from pathlib import Path
 
 from shortcut_kd.workflows.cli import add_settings_arguments, settings_from_args
-from shortcut_kd.workflows.protocol import QUICK_METHODS
-from shortcut_kd.workflows.settings import METHODS
+from shortcut_kd.workflows.protocol import QUICK_METHOD_ORDER
+from shortcut_kd.evaluation.schema import METHOD_ORDER
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
-    parser.add_argument("--methods", default=",".join(QUICK_METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)} or 'all'")
+    parser.add_argument("--methods", default=",".join(QUICK_METHOD_ORDER),
+                        help=f"comma-separated subset of {','.join(METHOD_ORDER)} or 'all'")
     parser.add_argument("--fresh", action="store_true", help="start every stage over")
 
 
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = settings_from_args(args)
-    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = list(METHOD_ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     results = run_protocol(settings, methods, fresh=args.fresh)
     write_report(results, Path(settings.output_dir), settings=settings.to_dict())
     print(format_table(results))

@@ -10,22 +10,24 @@ from pathlib import Path
 from shortcut_kd.io import write_json
 from shortcut_kd.workflows.cli import parse_overrides
 from shortcut_kd.workflows.presets import load_protocol_preset
-from shortcut_kd.workflows.protocol import QUICK_METHODS, run_protocol
-from shortcut_kd.workflows.settings import METHODS, from_dict
+from shortcut_kd.workflows.protocol import QUICK_METHOD_ORDER, run_protocol
+from shortcut_kd.evaluation.schema import METHOD_ORDER
+from shortcut_kd.workflows.settings import from_dict
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHORTCUTS = {"isic2017": ("patch", "noise"), "chexpert": ("tag", "noise"), "simba": ("native",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="isic2017", choices=sorted(DEFAULT_SHORTCUTS))
+    from shortcut_kd.data.registry import DATASETS
+
+    parser.add_argument("--dataset", default="isic2017", choices=sorted(DATASETS))
     parser.add_argument("--shortcut", action="append", help="shortcut preset (repeatable); default: one "
                         "localized and one diffuse, or the data's own bias for simba")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_ORDER)}")
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
     parser.add_argument("--quick", action="store_true", help="erm, teacher, kd, oracle on one shortcut")
     parser.add_argument("--fresh", action="store_true", help="ignore finished stages and start over")
     parser.add_argument("--n", type=int, help="number of synthetic images to generate")
@@ -74,10 +76,12 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
     preset = load_protocol_preset(f"demo_{dataset}")
     n = n or preset.pop("synthetic_n", 2000)
     preset.pop("synthetic_n", None)
-    shortcuts = list(shortcuts or DEFAULT_SHORTCUTS[dataset])
+    from shortcut_kd.data.registry import get_dataset
+
+    shortcuts = list(shortcuts or get_dataset(dataset).default_shortcuts)
     if quick and not methods:
         shortcuts = shortcuts[:1]
-    methods = list(methods or (QUICK_METHODS if quick else METHODS))
+    methods = list(methods or (QUICK_METHOD_ORDER if quick else METHOD_ORDER))
     data_dir = ensure_synthetic(dataset, out, n, seed, "iid")
     ood_dir = ensure_synthetic(dataset, out, max(n // 5, 50), seed, "ood")
     experiments = []

@@ -1,52 +1,175 @@
-"""One experiment on disk: its splits, data loaders, networks and stage folders.
+"""One experiment on disk, seen through its dataset's MONAI bundle.
 
-Layout under ``output_dir``::
+Every stage of an experiment is a config of the bundle (``train.json`` + the stage's file) with the
+experiment's settings as overrides; this class builds those overrides, parses the configs, and reads
+paths, networks and preprocessing from them, so nothing here restates a recipe. Layout under
+``output_dir`` (the bundle's own layout)::
 
-    splits/            datalists of every role + splits.json (seed, settings, counts)
-    stages/<method>/   model.pt, checkpoint_last.pt (resume), metrics.json, log
-    results.json       every finished method (schema shortcut-kd/results/v1)
+    splits/                    datalists of every role + splits.json (seed, settings, counts)
+    models/model.pt            the distilled student (the deployable model)
+    models/model_<method>.pt   every other stage's model; teacher_probes.pt; <stage>_last.pt (resume)
+    cache/                     the preprocessing cache shared by every stage
+    tensorboard/<stage>/       training curves
+    stages/<method>.json       what ran: fingerprint, overrides, hashes, environment, test metrics
+    results.json               every finished method (schema shortcut-kd/results/v1)
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
 
-from shortcut_kd.io import read_json
-from shortcut_kd.workflows.datasets import DatasetSpec, get_dataset_spec
+from shortcut_kd.errors import ConfigError
+from shortcut_kd.evaluation.schema import METHOD_ORDER
 from shortcut_kd.workflows.settings import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
-TEST_ROLES = {"unbiased": "test_unbiased", "aligned": "test_aligned", "conflicting": "test_conflicting",
-              "clean": "test_clean", "ood": "test_ood"}
-"""results.json test key -> split role."""
+__all__ = ["Experiment", "STAGE_METHODS"]
 
-_PASS_THROUGH = ("role",)
-"""Datalist fields that do not change an item's preprocessing (see ``Experiment.preprocess``)."""
+STAGE_METHODS = (*METHOD_ORDER, "jtt_identify")
+"""Every stage the protocol runs: the results.json methods and JTT's identification run."""
+
+
+def _lookup(config: Any, config_id: str) -> tuple[bool, Any]:
+    node = config
+    for part in config_id.split("#"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
 
 
 class Experiment:
-    """Paths and builders shared by every stage of one experiment."""
+    """Paths, overrides, parsed configs and loaders shared by every stage of one experiment."""
 
-    def __init__(self, settings: ExperimentSettings) -> None:
+    def __init__(self, settings: ExperimentSettings, with_code: bool = False) -> None:
+        from shortcut_kd.data.registry import get_dataset
+        from shortcut_kd.workflows.bundle_cli import resolve_bundle
+
         self.settings = settings
-        self.spec: DatasetSpec = get_dataset_spec(settings.dataset)
-        self.architecture = settings.architecture or self.spec.architecture
-        self.teacher_architecture = settings.teacher_architecture or self.architecture
-        self.image_size = settings.image_size or self.spec.image_size
-        self.native_bias = settings.shortcut == "native"
-        if self.native_bias and not self.spec.native_bias:
-            from shortcut_kd.errors import ConfigError
-
+        self.entry = get_dataset(settings.dataset)
+        self.bundle_dir = resolve_bundle(self.entry.bundle)
+        self.with_code = with_code
+        self.auto_layers: list[str] | None = None
+        self._parsers: dict[tuple, Any] = {}
+        if settings.shortcut == "native" and not self.entry.native_bias:
             raise ConfigError("shortcut", "native", f"{settings.dataset} carries no bias of its own; "
                               "choose an injected shortcut preset such as patch or noise.")
-        self.device = torch.device(settings.device)
-        self._preprocessed: dict[tuple, dict] = {}
+
+    # ---- stages and configs ------------------------------------------------------------
+    def check_method(self, method: str) -> None:
+        if method not in STAGE_METHODS:
+            raise ConfigError("stage", method, f"use one of {list(STAGE_METHODS)}.")
+
+    @staticmethod
+    def bundle_stage(method: str) -> str:
+        """The bundle stage of a method key (``erm`` -> ``train``, ``kd`` -> ``distill``)."""
+        from shortcut_kd.workflows.bundle_cli import ALIASES
+
+        return ALIASES.get(method, method)
+
+    def config_files(self, method: str) -> list[str]:
+        from shortcut_kd.workflows.bundle_cli import stage_configs
+
+        return stage_configs(self.bundle_dir, self.bundle_stage(method))[0]
+
+    def raw_config(self, method: str) -> dict:
+        """The merged config of ``method`` before overrides."""
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(self.config_files(method))
+        return parser.get()
+
+    def overrides(self, method: str) -> dict[str, Any]:
+        """The settings as config overrides of ``method``: only ids whose parent exists in its merged config
+        (a stage never receives, nor is fingerprinted by, a setting it does not read)."""
+        raw = self.raw_config(method)
+        out: dict[str, Any] = {"bundle_root": str(self.bundle_dir)}
+        for config_id, value in self._candidate_overrides(method, raw).items():
+            parent = config_id.rpartition("#")[0]
+            if _lookup(raw, config_id)[0] or (parent and isinstance(_lookup(raw, parent)[1], dict)):
+                out[config_id] = value
+        return out
+
+    def _candidate_overrides(self, method: str, raw: dict) -> dict[str, Any]:
+        s, d, b = self.settings, self.settings.distill, self.settings.baselines
+        stage = self.bundle_stage(method)
+        o: dict[str, Any] = {"dataset_dir": str(Path(s.dataset_dir).resolve()),
+                             "output_dir": str(Path(s.output_dir).resolve()), "seed": s.seed}
+        direct = {"image_size": s.image_size, "batch_size": s.batch_size, "num_workers": s.num_workers,
+                  "val_interval": s.val_interval, "amp": s.amp, "optimizer#weight_decay": s.weight_decay,
+                  "shortcut#name": s.shortcut, "shortcut#overrides": s.shortcut_overrides,
+                  "shortcut#p_bias_pos": s.p_bias_pos, "shortcut#p_bias_neg": s.p_bias_neg,
+                  "splits#specialist_size": s.specialist_size, "splits#val_fraction": s.val_fraction,
+                  "splits#test_fraction": s.test_fraction, "splits#bias_free": s.bias_free,
+                  "splits#ood_dir": str(Path(s.ood_dir).resolve()) if s.ood_dir else None,
+                  "network_def#name": s.architecture, "evaluate#n_bootstrap": s.n_bootstrap,
+                  "teacher#probe_epochs": d.probe_epochs, "groupdro#eta": b.groupdro_eta,
+                  "jtt#lambda": b.jtt_lambda, "mix#alpha": b.mix_alpha,
+                  "randconv#kernel_sizes": b.randconv_kernel_sizes}
+        for key in ("loss", "weight", "final_weight", "temperature", "rampup_epochs", "cache_teacher"):
+            direct[f"distill#{key}"] = getattr(d, key)
+        direct["distill#layers"] = self.auto_layers if d.layers == "auto" else d.layers
+        o.update({k: v for k, v in direct.items() if v is not None})
+        if s.device:
+            o["device"] = f"$torch.device('{s.device}')"
+        image_size = s.image_size or raw.get("image_size", 224)
+        arch = s.architecture or _lookup(raw, "network_def#name")[1]
+        for key, value in {**small_image_kwargs(str(arch), int(image_size)), **s.arch_kwargs}.items():
+            o[f"network_def#{key}"] = value
+        if s.teacher_architecture:
+            kwargs = {**small_image_kwargs(s.teacher_architecture, int(image_size)), **s.teacher_arch_kwargs}
+            o["teacher_def"] = {"_target_": "shortcut_kd.nets.build_network", "name": s.teacher_architecture,
+                                "spatial_dims": "@spatial_dims", "in_channels": "@in_channels", "num_classes": 2,
+                                **kwargs}
+        epochs = {"teacher": s.teacher_epochs, "jtt_identify": b.jtt_epochs}.get(stage, s.epochs)
+        if epochs is not None:
+            o["train#trainer#max_epochs"] = epochs
+        lr = {"teacher": s.teacher_lr, "distill": d.lr or s.lr}.get(stage, s.lr)
+        if lr is not None:
+            o["optimizer#lr"] = lr
+        if s.teacher_init == "scratch":
+            o["teacher#init_ckpt"] = None
+        elif s.teacher_init not in (None, "erm"):
+            o["teacher#init_ckpt"] = str(Path(s.teacher_init).resolve())
+            o["teacher#reset_head"] = False
+        if d.student_init == "scratch":
+            o["distill#student_init"] = None
+        elif d.student_init == "erm":
+            o["distill#student_init"] = "$@ckpt_dir + '/model_erm.pt'"
+        if b.jtt_budget == "upsampled" and stage == "jtt":
+            o["train#dataloader#sampler"] = None
+            o["train#dataloader#shuffle"] = True
+        return o
+
+    def parser(self, method: str):
+        """A ``ConfigParser`` of ``method``'s merged config with the overrides applied (cached)."""
+        from monai.bundle import ConfigParser
+
+        overrides = self.overrides(method)
+        key = (method, repr(sorted(overrides.items(), key=lambda kv: kv[0])))
+        if key not in self._parsers:
+            parser = ConfigParser()
+            parser.read_config(self.config_files(method))
+            parser.update(overrides)
+            self._parsers[key] = parser
+        return self._parsers[key]
+
+    def parsed(self, method: str, config_id: str, fresh: bool = False) -> Any:
+        """The parsed (instantiated) ``config_id`` of ``method``'s config; ``fresh`` builds a new object."""
+        parser = self.parser(method)
+        if fresh:
+            return parser.get_parsed_content(config_id, lazy=False)
+        return parser.get_parsed_content(config_id)
 
     # ---- paths -------------------------------------------------------------------------
     @property
@@ -57,121 +180,108 @@ class Experiment:
     def split_dir(self) -> Path:
         return self.root / "splits"
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / "stages" / stage
+    @cached_property
+    def ckpt_dir(self) -> Path:
+        return Path(self.parsed("erm", "ckpt_dir"))
 
-    def model_path(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "model.pt"
+    def model_path(self, method: str) -> Path:
+        return self.ckpt_dir / self.parser(method)["ckpt_name"]
 
-    def is_done(self, stage: str) -> bool:
-        return (self.stage_dir(stage) / "metrics.json").is_file() and self.model_path(stage).is_file()
+    def last_state_path(self, method: str) -> Path:
+        return self.ckpt_dir / f"{self.parser(method)['stage']}_last.pt"
+
+    def outputs(self, method: str) -> list[Path]:
+        """The files ``method`` writes for the stages after it (its model; the teacher's probes)."""
+        paths = [self.model_path(method)]
+        if method == "teacher":
+            paths.append(Path(self.parsed("teacher", "teacher#probes_file")))
+        return paths
+
+    def record_path(self, method: str) -> Path:
+        return self.root / "stages" / f"{method}.json"
+
+    def methods_before(self, method: str) -> list[str]:
+        return [m for m in STAGE_METHODS if m != method]
+
+    def is_training(self, method: str) -> bool:
+        return method != "dfr"
+
+    @property
+    def evaluated_methods(self) -> tuple[str, ...]:
+        return METHOD_ORDER
+
+    def is_done(self, method: str) -> bool:
+        """A run of ``method`` is recorded (its record and model exist)."""
+        return self.record_path(method).is_file() and self.model_path(method).is_file()
 
     # ---- data --------------------------------------------------------------------------
-    def prepare_splits(self) -> Path:
-        """Read the native dataset, check its images, build and write the splits (reused when unchanged)."""
-        from shortcut_kd.workflows.prepare import prepare_splits
+    @cached_property
+    def device(self) -> torch.device:
+        return torch.device(self.parsed("erm", "device"))
 
-        return prepare_splits(self)
+    @cached_property
+    def spatial_dims(self) -> int:
+        return int(self.parser("erm")["spatial_dims"])
+
+    @property
+    def architecture(self) -> str:
+        return str(self.parser("erm")["network_def"]["name"])
+
+    @property
+    def native_bias(self) -> bool:
+        return self.parser("erm")["shortcut"]["name"] == "native"
+
+    @property
+    def shortcut_name(self) -> str:
+        return str(self.parser("erm")["shortcut"]["name"])
+
+    def prepare_splits(self) -> Path:
+        """Read the native dataset, check its images, build and write the splits (the bundle's ``splits``)."""
+        return Path(self.parsed("erm", "splits"))
 
     def shortcut(self):
-        """The shortcut transform of this experiment, or None for native-bias data."""
-        if self.native_bias or self.settings.shortcut in (None, "none"):
-            return None
-        from shortcut_kd.shortcuts import make_shortcut
+        """The shortcut transform of this experiment (None for native-bias data)."""
+        return self.parsed("erm", "shortcut#transform")
 
-        return make_shortcut(self.settings.shortcut, self.spec.spatial_dims, **self.settings.shortcut_overrides)
-
-    def transforms(self, train: bool = False):
-        from shortcut_kd.data.transforms import build_transforms
-
-        return build_transforms(self.spec.spatial_dims, self.spec.in_channels, self.image_size,
-                                shortcut=self.shortcut(), seed=self.settings.seed, train=train,
-                                intensity=self.spec.intensity)
+    def transforms(self):
+        """The deterministic preprocessing of the bundle (``validate#preprocessing``)."""
+        return self.parsed("erm", "validate#preprocessing")
 
     def datalist(self, role: str) -> list[dict]:
         from shortcut_kd.data.splits import load_split
 
         return load_split(self.split_dir, role)
 
-    def has_role(self, role: str) -> bool:
-        return (self.split_dir / f"{role}.json").is_file() and bool(read_json(self.split_dir / f"{role}.json"))
+    def loader(self, role_or_items: str | Sequence[dict]):
+        """A MONAI DataLoader (no shuffling) over a role or a datalist, through the shared cache."""
+        from monai.data import DataLoader
 
-    def loader(self, role_or_items: str | Sequence[dict], shuffle: bool = False, sampler=None,
-               train: bool = False) -> DataLoader:
-        """A MONAI DataLoader over a role (or an explicit datalist), cached in memory.
+        from shortcut_kd.data.cache import cached_dataset
 
-        Preprocessing (including the shortcut) is deterministic, so ``CacheDataset`` holds it once;
-        shuffling uses a generator seeded from the experiment seed, so epochs are reproducible.
-        """
         items = self.datalist(role_or_items) if isinstance(role_or_items, str) else list(role_or_items)
-        if train:  # random augmentation: CacheDataset keeps the deterministic head, re-draws the rest
-            dataset = CacheDataset(items, transform=self.transforms(train=True), progress=False,
-                                   num_workers=self.settings.num_workers or None)
-        else:
-            dataset = Dataset(self.preprocess(items))
-        generator = torch.Generator().manual_seed(self.settings.seed)
-        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, num_workers=self.settings.num_workers, generator=generator,
-                          drop_last=False)
-
-    def preprocess(self, items: Sequence[dict]) -> list[dict]:
-        """The deterministic preprocessing of ``items`` (shortcut included), computed once per experiment.
-
-        Every stage reads the same images with the same shortcut flags, and MONAI's ``CacheDataset``
-        caches within one dataset only; so the outputs are kept here and shared by the loaders of all
-        stages (about 12 KB per 32-px RGB image). An entry is keyed by all its fields but ``role`` (the
-        test sets are the same images under other flags), which is set per returned item. The outputs
-        must not be modified in place (batching copies them).
-        """
-        def key(item: dict) -> tuple:
-            return tuple(sorted((k, repr(v)) for k, v in item.items() if k not in _PASS_THROUGH))
-
-        keys = [key(item) for item in items]
-        missing = {k: item for k, item in zip(keys, items) if k not in self._preprocessed}
-        if missing:
-            cached = CacheDataset(list(missing.values()), transform=self.transforms(), progress=False,
-                                  copy_cache=False, num_workers=self.settings.num_workers or None)
-            self._preprocessed.update((k, cached[i]) for i, k in enumerate(missing))
-        return [{**self._preprocessed[k], **{f: item[f] for f in _PASS_THROUGH if f in item}}
-                for k, item in zip(keys, items)]
-
-    def test_loaders(self) -> dict[str, DataLoader]:
-        return {name: self.loader(role) for name, role in TEST_ROLES.items() if self.has_role(role)}
+        dataset = cached_dataset(items, self.transforms(), cache_dir=self.parsed("erm", "cache_dir"))
+        return DataLoader(dataset, batch_size=int(self.parser("erm")["batch_size"]), shuffle=False)
 
     # ---- networks ----------------------------------------------------------------------
-    def network(self, architecture: str | None = None) -> torch.nn.Module:
-        from shortcut_kd.nets import build_network
+    def network(self, method: str = "erm") -> torch.nn.Module:
+        """A new, untrained network of ``method``'s architecture."""
+        return self.parsed("erm", "teacher_def" if method == "teacher" else "network_def", fresh=True)
 
-        kwargs = dict(self.spec.arch_kwargs)
-        kwargs.update(self.settings.arch_kwargs)
-        arch = architecture or self.architecture
-        if arch != self.architecture and not self.settings.arch_kwargs:
-            kwargs = dict(self.spec.arch_kwargs)
-        return build_network(arch, spatial_dims=self.spec.spatial_dims, in_channels=self.spec.in_channels,
-                             num_classes=2, **small_image_kwargs(arch, self.image_size, kwargs))
+    def load_model(self, method: str) -> torch.nn.Module:
+        """The trained network of ``method`` (eval mode, frozen, on the experiment's device)."""
+        from shortcut_kd.nets.checkpoint import load_weights
 
-    def load_model(self, stage: str, architecture: str | None = None) -> torch.nn.Module:
-        """The trained network of ``stage`` (eval mode, on the experiment's device)."""
-        from shortcut_kd.errors import ConfigError
-
-        path = self.model_path(stage)
-        if not path.is_file():
-            raise ConfigError("stage", stage, f"run the '{stage}' stage first; {path} does not exist.")
-        model = self.network(architecture)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(self.device).eval()
+        return load_weights(self.network(method), self.model_path(method), device=self.device, frozen=True,
+                            written_by=f"the '{method}' stage").eval()
 
 
-def small_image_kwargs(architecture: str, image_size: int, kwargs: dict) -> dict:
+def small_image_kwargs(architecture: str, image_size: int) -> dict:
     """Stem settings for small inputs.
 
-    Below 96 px a ResNet's 7x7 stride-2 stem followed by max-pooling leaves the deeper taps
-    with 1-2 pixels, so a 3x3 stride-2 stem without max-pooling is used instead (the cost
-    stays that of the stride-2 stem). Explicit ``arch_kwargs`` always win.
+    Below 96 px a ResNet's 7x7 stride-2 stem followed by max-pooling leaves the deeper taps with 1-2 pixels,
+    so a 3x3 stride-2 stem without max-pooling is used instead (the cost stays that of the stride-2 stem).
+    Explicit ``arch_kwargs`` always win.
     """
-    out = dict(kwargs)
     if architecture.startswith("resnet") and image_size < 96:
-        out.setdefault("conv1_t_size", 3)
-        out.setdefault("conv1_t_stride", 2)
-        out.setdefault("no_max_pool", True)
-    return out
+        return {"conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}
+    return {}

@@ -39,7 +39,7 @@ def make_figures(settings: ExperimentSettings, methods: Sequence[str], n_panel: 
         figures["Shortcut and label decodability per layer"] = str(layer_probe_figure(exp, probed, out))
     explained = [m for m in EXPLAINED if m in done]
     attention: dict[str, float] = {}
-    if explained and exp.spec.spatial_dims in (2, 3):
+    if explained and exp.spatial_dims in (2, 3):
         path, attention = gradcam_figure(exp, explained, out, n_panel, n_attention)
         figures["Grad-CAM on bias-conflicting images"] = str(path)
     return {"figures": figures, "attention_on_shortcut": attention}
@@ -55,13 +55,13 @@ def layer_probe_figure(exp: Experiment, methods: Sequence[str], out: Path) -> Pa
     fit_loader, score_loader = exp.loader(fit_items), exp.loader(score_items)
     rows: list[dict] = []
     for method in methods:
-        model = exp.load_model(method, exp.teacher_architecture if method == "teacher" else None)
+        model = exp.load_model(method)
         rows += probe_layers(model, get_taps(model), fit_loader, score_loader, targets=("bias", "label"),
                              device=exp.device, model_name=method, seed=exp.settings.seed)
     write_json(out / "layer_probes.json", rows)
     write_probe_table(rows, out / "layer_probes.md")
     return plot_layer_probes(rows, out / "layer_probes.png",
-                             title=f"{exp.settings.dataset} / {exp.settings.shortcut}: linear probe AUC per layer")
+                             title=f"{exp.settings.dataset} / {exp.shortcut_name}: linear probe AUC per layer")
 
 
 def gradcam_figure(exp: Experiment, methods: Sequence[str], out: Path, n_panel: int,
@@ -76,12 +76,12 @@ def gradcam_figure(exp: Experiment, methods: Sequence[str], out: Path, n_panel: 
     images = torch.cat([batch["image"] for batch in exp.loader(items)])
     masks = None
     shortcut = exp.shortcut()
-    if shortcut is not None and shortcut_kind(exp.settings.shortcut) == "localized":
+    if shortcut is not None and shortcut_kind(exp.shortcut_name) == "localized":
         inject = InjectShortcutd(keys="image", shortcut=shortcut, seed=exp.settings.seed)
         masks = np.stack([inject.mask(d, tuple(images.shape[1:])) for d in items])
     maps, attention = {}, {}
     for method in methods:
-        model = exp.load_model(method, exp.teacher_architecture if method == "teacher" else None)
+        model = exp.load_model(method)
         cams = gradcam_maps(model, images, target_layer=get_taps(model)[-1], class_idx=1, device=exp.device)
         maps[method] = cams[:n_panel]
         if masks is not None:

@@ -5,34 +5,37 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from shortcut_kd.evaluation.schema import SCHEMA
-from shortcut_kd.io import read_json, write_json
+from shortcut_kd.evaluation.schema import METHOD_ORDER, SCHEMA
+from shortcut_kd.io import write_json
 from shortcut_kd.workflows.experiment import Experiment
-from shortcut_kd.workflows.settings import METHODS, ExperimentSettings
-from shortcut_kd.workflows.stages import run_stage
+from shortcut_kd.workflows.runner import run_stage, stage_record
+from shortcut_kd.workflows.settings import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
 QUICK_METHODS = ("erm", "teacher", "kd", "oracle")
 
-
-def shortcut_entry(exp: Experiment) -> dict:
-    """The ``shortcut`` block of results.json."""
-    s = exp.settings
-    if exp.native_bias:
-        return {"name": "native", "kind": "native", "p_bias_pos": None, "p_bias_neg": None}
-    from shortcut_kd.shortcuts import shortcut_kind
-
-    return {"name": s.shortcut, "kind": shortcut_kind(s.shortcut), "p_bias_pos": s.p_bias_pos,
-            "p_bias_neg": s.p_bias_neg}
+__all__ = ["QUICK_METHODS", "collect_results", "run_protocol"]
 
 
 def collect_results(exp: Experiment, methods: Sequence[str] | None = None) -> dict:
-    """results.json of the finished stages of ``exp`` (DESIGN.md schema)."""
-    methods = [m for m in (methods or METHODS) if exp.is_done(m)]
+    """results.json of the finished stages of ``exp``, each with its provenance (``stages/<method>.json``)."""
+    from shortcut_kd.provenance import environment
+    from shortcut_kd.workflows.bundle import shortcut_entry
+
+    entries = {}
+    for method in methods or METHOD_ORDER:
+        record = stage_record(exp, method) if exp.is_done(method) else None
+        if record:
+            entries[method] = {"test": record["test"], "provenance": {
+                k: record[k] for k in ("fingerprint", "config_files", "overrides", "split_manifest_sha256",
+                                       "upstream_sha256", "outputs_sha256", "seconds", "environment")}}
+    shortcut = exp.parser("erm")["shortcut"]
     return {"schema": SCHEMA, "dataset": exp.settings.dataset, "architecture": exp.architecture,
-            "shortcut": shortcut_entry(exp), "seed": exp.settings.seed,
-            "methods": {m: {"test": read_json(exp.stage_dir(m) / "metrics.json")["test"]} for m in methods}}
+            "shortcut": shortcut_entry(shortcut["name"], shortcut["p_bias_pos"], shortcut["p_bias_neg"]),
+            "seed": exp.settings.seed, "methods": entries,
+            "provenance": {"bundle": exp.bundle_dir.name, "settings": exp.settings.to_dict(),
+                           **environment(exp.device)}}
 
 
 def run_protocol(settings: ExperimentSettings, methods: Sequence[str] = QUICK_METHODS, fresh: bool = False,
@@ -41,7 +44,12 @@ def run_protocol(settings: ExperimentSettings, methods: Sequence[str] = QUICK_ME
     exp = Experiment(settings)
     exp.root.mkdir(parents=True, exist_ok=True)
     write_json(exp.root / "settings.json", settings.to_dict())
-    ordered = [m for m in METHODS if m in methods]
+    ordered = [m for m in METHOD_ORDER if m in methods]
+    unknown = sorted(set(methods) - set(METHOD_ORDER))
+    if unknown:
+        from shortcut_kd.errors import ConfigError
+
+        raise ConfigError("methods", unknown[0], f"use some of {list(METHOD_ORDER)}.")
     for i, method in enumerate(ordered, 1):
         logger.info("[%d/%d] %s", i, len(ordered), method)
         run_stage(exp, method, fresh=fresh, progress=progress)

@@ -1,4 +1,4 @@
-"""Experiment settings: one dataclass, loadable from YAML, every choice the paper leaves open exposed."""
+"""Experiment settings: the overrides the ``shortcut-kd`` commands apply to a bundle's configs, loadable from YAML."""
 
 from __future__ import annotations
 
@@ -11,105 +11,109 @@ import yaml
 
 from shortcut_kd.errors import ConfigError
 
-from shortcut_kd.evaluation.schema import METHOD_ORDER as METHODS  # noqa: F401 - results.json method keys, report order
 
 
 @dataclass
 class DistillSettings:
-    """How the student is distilled from the teacher.
-
-    The defaults are the recipe that removed both a localized and a diffuse shortcut in
-    benchmarks/method_study.md (strong probe-KL and final-logit terms, student started from the teacher,
-    teacher probes fitted to convergence).
+    """How the student is distilled from the teacher. ``None`` keeps the bundle's value
+    (``bundles/common/configs/distill.json``, ``teacher.json``).
 
     Args:
-        loss: per-tap loss: ``probe_kl`` (the paper's), ``fitnet_mse``, ``attention_transfer``, ``cosine``.
+        loss: per-tap loss: ``probe_kl`` (the paper's), ``fitnet_mse``, ``attention_transfer``, ``cosine``
+            (``distill#loss``).
         layers: taps to distil: ``all``, ``early``, ``late``, ``auto`` (from the per-layer probe
-            analysis of the ERM model) or explicit names.
-        weight: weight of each intermediate term.
-        final_weight: weight of the final-logit KL term.
-        temperature: softmax temperature τ (terms are scaled by τ²).
-        rampup_epochs: linear ramp-up of the KD weights over the first epochs.
-        cache_teacher: run the teacher once per sample (inputs must be deterministic).
-        probe_epochs: epochs to fit the frozen teacher's probes on the specialist subset (cheap: the probes
-            train on pooled features computed once; 10 left the early-layer probes near chance).
-        student_init: ``teacher`` (start from the specialist teacher's weights; same architecture only, else
-            scratch), ``scratch`` (the paper) or ``erm`` (start from the ERM checkpoint).
-        lr: the student's learning rate (default: the experiment's ``lr``).
+            analysis of the ERM model) or explicit names (``distill#layers``).
+        weight: weight of each intermediate term (``distill#weight``).
+        final_weight: weight of the final-logit KL term (``distill#final_weight``).
+        temperature: softmax temperature τ; terms are scaled by τ² (``distill#temperature``).
+        rampup_epochs: linear ramp-up of the KD weights over the first epochs (``distill#rampup_epochs``).
+        cache_teacher: run the teacher once per sample; inputs must be deterministic (``distill#cache_teacher``).
+        probe_epochs: epochs to fit the frozen teacher's probes on the specialist subset; a setting of the
+            teacher stage (``teacher#probe_epochs``).
+        student_init: ``teacher`` (start from the specialist teacher's weights, the bundles' default),
+            ``scratch`` (the paper: the same initialisation as ERM) or ``erm`` (``distill#student_init``).
+        lr: the student's learning rate (``optimizer#lr`` of the kd stage; default: the experiment's ``lr``).
     """
 
-    loss: str = "probe_kl"
-    layers: Any = "all"
-    weight: float = 50.0
-    final_weight: float = 50.0
-    temperature: float = 2.0
-    rampup_epochs: int = 0
-    cache_teacher: bool = True
-    probe_epochs: int = 200
-    student_init: str = "teacher"
+    loss: str | None = None
+    layers: Any = None
+    weight: float | None = None
+    final_weight: float | None = None
+    temperature: float | None = None
+    rampup_epochs: int | None = None
+    cache_teacher: bool | None = None
+    probe_epochs: int | None = None
+    student_init: str | None = None
     lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.student_init not in (None, "teacher", "scratch", "erm"):
+            raise ConfigError("distill.student_init", self.student_init, "use 'teacher', 'scratch' or 'erm'.")
 
 
 @dataclass
 class BaselineSettings:
-    """Hyper-parameters of the baselines (defaults from their papers, scaled to short runs).
+    """Hyper-parameters of the baselines; ``None`` keeps the bundle's stage config.
 
-    ``jtt_budget``: ``"erm"`` (default) gives JTT's second stage as many steps per epoch as every
-    other method (each epoch a fresh random draw, without replacement, of ``len(train)`` items from
+    ``jtt_budget``: ``"erm"`` (the bundles' default) gives JTT's second stage as many steps per epoch as
+    every other method (each epoch a fresh random draw, without replacement, of ``len(train)`` items from
     the upsampled list: the errors are still ``λ`` times as likely); ``"upsampled"`` makes full passes
     over the upsampled list as in the paper, which costs ``1 + (λ - 1) · error rate`` ERM runs (10×
     when an early ERM model gets half the set wrong).
     """
 
-    groupdro_eta: float = 0.01
-    jtt_epochs: int = 2
-    jtt_lambda: int = 20
-    jtt_budget: str = "erm"
-    mix_alpha: float = 0.4
-    randconv_kernel_sizes: tuple = (1, 3, 5, 7)
+    groupdro_eta: float | None = None
+    jtt_epochs: int | None = None
+    jtt_lambda: int | None = None
+    jtt_budget: str | None = None
+    mix_alpha: float | None = None
+    randconv_kernel_sizes: list | None = None
 
     def __post_init__(self) -> None:
-        if self.jtt_budget not in ("erm", "upsampled"):
+        if self.jtt_budget not in (None, "erm", "upsampled"):
             raise ConfigError("baselines.jtt_budget", self.jtt_budget, "use 'erm' or 'upsampled'.")
 
 
 @dataclass
 class ExperimentSettings:
-    """Everything that defines one experiment (one dataset, one shortcut, one architecture).
+    """What the ``shortcut-kd`` commands change in a dataset's MONAI bundle: every stage is that bundle's
+    config (``bundles/<dataset>_shortcut_kd/configs/``) with these values as overrides. ``None`` keeps the
+    bundle's value, so a setting left out here means the same as in ``python -m monai.bundle run``.
 
-    Paths: ``dataset_dir`` holds the dataset in its native layout; ``ood_dir`` an optional
-    shifted source in the same layout; everything is written under ``output_dir``.
+    Paths: ``dataset_dir`` holds the dataset in its native layout; ``ood_dir`` an optional shifted source
+    in the same layout; everything is written under ``output_dir``.
     """
 
     dataset: str = "isic2017"
     dataset_dir: str = "data/isic2017"
     output_dir: str = "runs/isic2017"
     ood_dir: str | None = None
-    shortcut: str = "patch"
-    shortcut_overrides: dict = field(default_factory=dict)
-    p_bias_pos: float = 0.95
-    p_bias_neg: float = 0.05
-    specialist_size: float = 0.1
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    bias_free: str = "decorrelated"
+    shortcut: str | None = None
+    shortcut_overrides: dict | None = None
+    p_bias_pos: float | None = None
+    p_bias_neg: float | None = None
+    specialist_size: float | None = None
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    bias_free: str | None = None
     architecture: str | None = None
     arch_kwargs: dict = field(default_factory=dict)
     teacher_architecture: str | None = None
+    teacher_arch_kwargs: dict = field(default_factory=dict)
     image_size: int | None = None
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    teacher_init: str = "erm"
-    teacher_epochs: int = 30
-    teacher_lr: float = 3e-4
-    val_interval: int = 1
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    teacher_init: str | None = None
+    teacher_epochs: int | None = None
+    teacher_lr: float | None = None
+    val_interval: int | None = None
     seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
-    num_workers: int = 0
-    n_bootstrap: int = 500
+    device: str | None = None
+    amp: bool | None = None
+    num_workers: int | None = None
+    n_bootstrap: int | None = None
     distill: DistillSettings = field(default_factory=DistillSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
 
@@ -118,11 +122,15 @@ class ExperimentSettings:
             self.distill = _from_dict(DistillSettings, self.distill, "distill")
         if isinstance(self.baselines, dict):
             self.baselines = _from_dict(BaselineSettings, self.baselines, "baselines")
-        if self.teacher_init not in ("erm", "scratch") and not Path(self.teacher_init).is_file():
+        if self.teacher_init not in (None, "erm", "scratch") and not Path(self.teacher_init).is_file():
             raise ConfigError("teacher_init", self.teacher_init,
                               "use 'erm' (fine-tune the ERM checkpoint), 'scratch', or the path of a checkpoint file.")
-        if self.bias_free not in ("decorrelated", "absent"):
+        if self.bias_free not in (None, "decorrelated", "absent"):
             raise ConfigError("bias_free", self.bias_free, "use 'decorrelated' or 'absent'.")
+        for key in ("epochs", "teacher_epochs", "batch_size", "image_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(key, value, "use a positive integer.")
 
     @property
     def root(self) -> Path:
@@ -155,7 +163,7 @@ def from_dict(data: dict) -> ExperimentSettings:
     return _from_dict(ExperimentSettings, dict(data), "settings")
 
 
-def load_settings(path: str | Path, **overrides: Any) -> ExperimentSettings:
+def read_settings(path: str | Path, **overrides: Any) -> ExperimentSettings:
     """Settings from a YAML file, then ``overrides`` (None values are ignored)."""
     path = Path(path)
     if not path.is_file():

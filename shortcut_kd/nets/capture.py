@@ -1,4 +1,4 @@
-"""Capture intermediate feature maps with forward hooks that never outlive their use."""
+"""Capture intermediate feature maps (at the taps) with forward hooks that never outlive their use."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from shortcut_kd.errors import ConfigError
+from shortcut_kd.nets.checkpoint import unwrap
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The network inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (else the model itself)."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+__all__ = ["FeatureCapture"]
 
 
 class FeatureCapture:
@@ -38,7 +34,7 @@ class FeatureCapture:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], detach: bool = False) -> None:
-        self.model = model = unwrap_model(model)
+        self.model = model = unwrap(model)
         self.names = list(dict.fromkeys(names))
         self.detach = detach
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()

@@ -19,7 +19,8 @@ def test_multi_gpu_distill_two_ranks_disjoint_shards(tmp_path_factory, tmp_path)
     bundle = tiny_bundle("isic2017", tmp_path)
     out = tmp_path / "out"
     configs = bundle / "configs"
-    run_stage(bundle, "teacher", dataset_dir=str(data), output_dir=str(out), bundle_root=str(bundle))
+    for stage in ("train", "teacher"):  # the teacher starts from the ERM model
+        run_stage(bundle, stage, dataset_dir=str(data), output_dir=str(out), bundle_root=str(bundle))
     # a fourth config that appends a handler recording the ids each rank trains on
     (configs / "record_ids.json").write_text(json.dumps({"+train#extra_handlers": [
         {"_target_": "shortcut_kd.workflows.bundle.SampleIdRecorder", "output_dir": "$@output_dir + '/seen_ids'"}]}))
@@ -43,8 +44,8 @@ def test_multi_gpu_distill_two_ranks_disjoint_shards(tmp_path_factory, tmp_path)
         assert len(a | b) == 2 * (len(train_ids) // 2)
     assert seen[0]["1"] != seen[0]["2"], "the sampler reshuffles every epoch"
 
-    last = torch.load(bundle / "models" / "kd_last.pt", weights_only=True)
+    last = torch.load(out / "models" / "kd_last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] and last["distillation"]
-    assert (bundle / "models" / "model_kd.pt").is_file()
+    assert (out / "models" / "model.pt").is_file()
     writers = {p.name.split(".")[-2] for p in (out / "tensorboard" / "kd").glob("events.out.tfevents.*")}
     assert len(writers) == 1, f"TensorBoard events from more than one process: {writers}"

@@ -21,11 +21,11 @@ NIFTI_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 
 
 def bundle_with_weights(name: str, dest: Path) -> Path:
-    """A tiny bundle whose ``models/model_kd.pt`` holds (untrained) weights of its network."""
+    """A tiny bundle whose ``models/model.pt`` holds (untrained) weights of its network."""
     bundle = tiny_bundle(name, dest)
     (bundle / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(network_of(bundle).state_dict(), bundle / "models" / "model_kd.pt")
+    torch.save(network_of(bundle).state_dict(), bundle / "models" / "model.pt")
     return bundle
 
 
@@ -124,7 +124,7 @@ def test_inputs_and_missing_checkpoint_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         list_inputs(tmp_path / "nothing_here")
     with pytest.raises(DataError, match="distill"):
-        existing_checkpoint(tmp_path / "models" / "model_kd.pt")
+        existing_checkpoint(tmp_path / "models" / "model.pt")
     assert list_inputs([tmp_path / "x.dcm"]) == [{"image": str(tmp_path / "x.dcm"), "file": str(tmp_path / "x.dcm")}]
     assert overlay_name("/a/scan.nii.gz") != overlay_name("/b/scan.nii.gz")
     assert overlay_name("/a/scan.nii.gz").startswith("scan_")

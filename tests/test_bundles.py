@@ -120,17 +120,18 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     out = tmp_path / "out"
-    models = bundle / "models"
+    models = out / "models"  # every run output under the run's output folder
     paths = {"dataset_dir": str(data), "output_dir": str(out), "bundle_root": str(bundle)}
 
     run_stage(bundle, "train", **paths)
-    assert (models / "model.pt").is_file() and (models / "erm_last.pt").is_file()
+    assert (models / "model_erm.pt").is_file() and (models / "erm_last.pt").is_file()
+    assert not (bundle / "models").exists(), "the bundle's models/ holds shipped weights only"
     assert (out / "splits" / "splits.json").is_file()
     assert any((out / "tensorboard" / "erm").iterdir()), "TensorBoard logs missing"
-    network_of(bundle, "train.json").load_state_dict(torch.load(models / "model.pt", weights_only=True))
+    network_of(bundle, "train.json").load_state_dict(torch.load(models / "model_erm.pt", weights_only=True))
 
     run_stage(bundle, "teacher", **paths)
-    assert (models / "teacher.pt").is_file()
+    assert (models / "model_teacher.pt").is_file()
     probes = ProbeSet.load(models / "teacher_probes.pt")
     assert probes.taps == get_taps(network_of(bundle, "train.json"))
 
@@ -139,11 +140,11 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
     assert metrics["kd_total"] > 0 and all(f"kd_{t}" in metrics for t in probes.taps)
     last = torch.load(models / "kd_last.pt", weights_only=True)
     assert {"model", "optimizer", "trainer", "distillation"} <= set(last) and last["distillation"]
-    assert (models / "model_kd.pt").is_file()
+    assert (models / "model.pt").is_file()  # the distilled student is the deployable model
 
     if name == "isic2017":  # the other two bundles share every line of the oracle stage
         run_stage(bundle, "oracle", **paths)
-        assert (models / "oracle.pt").is_file()
+        assert (models / "model_oracle.pt").is_file()
 
     run_stage(bundle, "evaluate", **paths)
     results = json.loads((out / "results.json").read_text())
@@ -157,7 +158,8 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
     test_items = json.loads((out / "splits" / "test_clean.json").read_text())
     listing = tmp_path / "to_predict.txt"
     listing.write_text("\n".join(it["image"] for it in test_items) + "\n")
-    run_stage(bundle, "inference", dataset_dir=str(listing), output_dir=str(out), bundle_root=str(bundle))
+    run_stage(bundle, "inference", dataset_dir=str(listing), output_dir=str(out), bundle_root=str(bundle),
+              ckpt_path=str(models / "model.pt"))
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "file,probability,predicted_label,status,reason"
     assert [r.split(",")[0] for r in rows[1:]] == [it["image"] for it in test_items]
@@ -244,7 +246,7 @@ def test_shortcut_kd_run_command(tmp_path_factory, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["run", str(bundle), "erm", "--dataset-dir", str(data), "--output-dir", str(out), "--epochs", "1",
                  "--set", "shortcut#name=\"stripes\"", "--set", "shortcut#p_bias_pos=0.8"])
-    assert code == 0 and (bundle / "models" / "model.pt").is_file()
+    assert code == 0 and (out / "models" / "model_erm.pt").is_file()
     settings = json.loads((out / "splits" / "splits.json").read_text())["settings"]
     assert settings["p_bias_pos"] == 0.8
     capsys.readouterr()
@@ -295,12 +297,13 @@ def test_documented_commands_from_the_bundle_folder(tmp_path_factory, tmp_path):
 
     monai_bundle("run", "--config_file", "['configs/train.json','configs/oracle.json']", "--dataset_dir", str(data),
                  "--train#trainer#max_epochs", "1")
-    assert (bundle / "models" / "oracle.pt").is_file() and (bundle / "eval" / "splits" / "oracle.json").is_file()
-    monai_bundle("ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/oracle.pt",
+    oracle = bundle / "eval" / "models" / "model_oracle.pt"
+    assert oracle.is_file() and (bundle / "eval" / "splits" / "oracle.json").is_file()
+    monai_bundle("ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", str(oracle),
                  "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
     exported = torch.jit.load(str(bundle / "models" / "model.ts"))
     net = network_of(bundle).eval()
-    net.load_state_dict(torch.load(bundle / "models" / "oracle.pt", weights_only=True))
+    net.load_state_dict(torch.load(oracle, weights_only=True))
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(exported(x), net(x), atol=1e-5)

@@ -4,12 +4,12 @@ diffuse shortcut, results.json + report.md + figures, the printed table, and reu
 import json
 
 from shortcut_kd.cli import main
-from shortcut_kd.workflows.settings import METHODS
+from shortcut_kd.evaluation.schema import METHOD_ORDER as METHODS
 
 TINY = ["--n", "120", "--set", "image_size=16", "--set", "architecture=resnet10",
         "--set", 'arch_kwargs={"widen_factor": 0.25}', "--set", "epochs=1", "--set", "batch_size=16",
         "--set", "teacher_epochs=1", "--set", "specialist_size=16", "--set", "n_bootstrap=20",
-        "--set", "distill.probe_epochs=1", "--set", "baselines.jtt_epochs=1"]
+        "--set", "distill.probe_epochs=1", "--set", "baselines.jtt_epochs=1", "--set", "num_workers=0"]
 
 
 def test_demo_runs_every_method_on_two_shortcuts_and_reuses_stages(tmp_path, capsys):
@@ -33,11 +33,11 @@ def test_demo_runs_every_method_on_two_shortcuts_and_reuses_stages(tmp_path, cap
     # JTT's second stage takes as many steps as ERM (BaselineSettings.jtt_budget = "erm")
     import torch
 
-    steps = {m: torch.load(out / "patch" / "stages" / m / "checkpoint_last.pt", weights_only=False)
+    steps = {m: torch.load(out / "patch" / "models" / f"{m}_last.pt", weights_only=False)
              ["trainer"]["iteration"] for m in ("erm", "jtt")}
     assert steps["jtt"] == steps["erm"]
 
-    model = out / "noise" / "stages" / "kd" / "model.pt"
+    model = out / "noise" / "models" / "model.pt"  # the distilled student: the deployable model
     mtime = model.stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--shortcut", "noise", "--methods", "erm,kd", *TINY]) == 0
     assert model.stat().st_mtime_ns == mtime  # reused, not retrained

@@ -1,14 +1,17 @@
-"""The protocol end to end on a tiny synthetic ISIC-like tree: stages, resume, results.json, CLI."""
+"""The protocol through the bundles on a tiny synthetic ISIC-like tree: stages, reuse by content, resume,
+named errors, results.json, the CLI."""
 
 import json
 
 import pytest
+import torch
 
-from shortcut_kd.errors import ConfigError
+from shortcut_kd.errors import ConfigError, DataError
 from shortcut_kd.workflows import Experiment, ExperimentSettings, from_dict, run_protocol, run_stage
 
 TINY = dict(image_size=16, architecture="resnet10", arch_kwargs={"widen_factor": 0.25}, epochs=1, batch_size=16,
-            teacher_epochs=1, specialist_size=16, n_bootstrap=20, distill={"probe_epochs": 1, "lr": 5e-4})
+            teacher_epochs=1, specialist_size=16, n_bootstrap=20, num_workers=0, device="cpu",
+            distill={"probe_epochs": 1, "lr": 5e-4})
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,11 @@ def isic_tree(tmp_path_factory):
     return root
 
 
+def _settings(isic_tree, out, **changes):
+    return from_dict({**TINY, "dataset": "isic2017", "dataset_dir": str(isic_tree / "iid"),
+                      "ood_dir": str(isic_tree / "ood"), "output_dir": str(out), "shortcut": "patch", **changes})
+
+
 def test_settings_reject_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match="settings.epoch"):
         from_dict({"epoch": 3})
@@ -29,12 +37,11 @@ def test_settings_reject_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match="teacher_init"):
         ExperimentSettings(teacher_init="no/such/file.pt")
     s = ExperimentSettings().replace(distill={"weight": 30.0}, epochs=2)
-    assert s.distill.weight == 30.0 and s.distill.temperature == 2.0 and s.epochs == 2
+    assert s.distill.weight == 30.0 and s.distill.temperature is None and s.epochs == 2
 
 
-def test_protocol_runs_resumes_and_writes_results(isic_tree, tmp_path):
-    settings = from_dict({**TINY, "dataset": "isic2017", "dataset_dir": str(isic_tree / "iid"),
-                          "ood_dir": str(isic_tree / "ood"), "output_dir": str(tmp_path / "run"), "shortcut": "patch"})
+def test_protocol_runs_through_the_bundle_and_reuses_by_content(isic_tree, tmp_path):
+    settings = _settings(isic_tree, tmp_path / "run")
     results = run_protocol(settings, ["erm", "teacher", "kd", "oracle"], progress=False)
     assert results["schema"] == "shortcut-kd/results/v1"
     assert results["shortcut"] == {"name": "patch", "kind": "localized", "p_bias_pos": 0.95, "p_bias_neg": 0.05}
@@ -42,43 +49,67 @@ def test_protocol_runs_resumes_and_writes_results(isic_tree, tmp_path):
     for entry in results["methods"].values():
         assert set(entry["test"]) == {"unbiased", "aligned", "conflicting", "clean", "ood"}
         assert {"auc", "auc_ci", "delta_tpr", "worst_group_accuracy", "n"} <= set(entry["test"]["conflicting"])
-    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert on_disk["methods"]["kd"] == results["methods"]["kd"]
+        assert entry["provenance"]["split_manifest_sha256"] and entry["provenance"]["environment"]["torch"]
     exp = Experiment(settings)
-    assert (exp.stage_dir("teacher") / "probes.pt").is_file()
-    import torch
+    models = tmp_path / "run" / "models"
+    assert {p.name for p in models.glob("model*.pt")} == {"model.pt", "model_erm.pt", "model_teacher.pt",
+                                                           "model_oracle.pt"}
+    assert (models / "teacher_probes.pt").is_file()
+    kd_record = json.loads((tmp_path / "run" / "stages" / "kd.json").read_text())
+    assert kd_record["overrides"]["optimizer#lr"] == 5e-4 and "optimizer#lr" not in \
+        json.loads((tmp_path / "run" / "stages" / "teacher.json").read_text())["overrides"]
+    assert set(kd_record["upstream_sha256"]) == {"model_teacher.pt", "teacher_probes.pt"}
 
-    def trained_lr(stage):
-        state = torch.load(exp.stage_dir(stage) / "checkpoint_last.pt", weights_only=False)
-        return state["optimizer"]["param_groups"][0]["lr"]
+    def mtimes():
+        return {m: exp.model_path(m).stat().st_mtime_ns for m in ("erm", "teacher", "kd")}
 
-    assert trained_lr("kd") == settings.distill.lr == 5e-4 and trained_lr("erm") == settings.lr
-    # a finished stage is reused, not retrained
-    mtime = exp.model_path("erm").stat().st_mtime_ns
-    run_stage(exp, "erm", progress=False)
-    assert exp.model_path("erm").stat().st_mtime_ns == mtime
+    before = mtimes()
+    run_protocol(settings, ["erm", "teacher", "kd"], progress=False)  # nothing changed: everything reused
+    assert mtimes() == before
+    changed = settings.replace(distill={"weight": 10.0})
+    run_protocol(changed, ["erm", "teacher", "kd"], progress=False)
+    after = mtimes()
+    assert after["erm"] == before["erm"] and after["teacher"] == before["teacher"] and after["kd"] != before["kd"]
+    assert json.loads((tmp_path / "run" / "stages" / "kd.json").read_text())["overrides"]["distill#weight"] == 10.0
 
 
-def test_interrupted_stage_resumes_from_last_checkpoint(isic_tree, tmp_path):
-    settings = from_dict({**TINY, "epochs": 2, "dataset_dir": str(isic_tree / "iid"), "output_dir": str(tmp_path)})
+def test_missing_teacher_is_a_named_error_and_writes_no_model(isic_tree, tmp_path):
+    from monai.bundle import ConfigWorkflow  # noqa: F401 - the path the error must come through
+
+    settings = _settings(isic_tree, tmp_path)
     exp = Experiment(settings)
-    one_epoch = Experiment(settings.replace(epochs=1))
-    run_stage(one_epoch, "erm", progress=False)
-    exp.model_path("erm").unlink()  # as if the run had died after epoch 1
-    (exp.stage_dir("erm") / "metrics.json").unlink()
-    import torch
+    run_stage(exp, "teacher", progress=False)
+    exp.model_path("teacher").unlink()
+    from shortcut_kd.workflows.runner import _run_workflow
 
-    state = torch.load(exp.stage_dir("erm") / "checkpoint_last.pt", weights_only=False)
-    steps_per_epoch = state["trainer"]["iteration"]
+    with pytest.raises(DataError, match="model_teacher.pt") as error:
+        _run_workflow(exp, "kd", progress=False)
+    assert "teacher stage" in str(error.value)
+    assert not exp.model_path("kd").exists()
+
+
+def test_interrupted_stage_resumes_to_the_uninterrupted_weights(isic_tree, tmp_path):
+    from shortcut_kd.workflows.runner import fingerprint
+
+    two = _settings(isic_tree, tmp_path / "resumed", epochs=2)
+    exp = Experiment(two)
+    exp.prepare_splits()
+    one = Experiment(two.replace(epochs=1))
+    # a run that died after its first epoch: its last state, and the running marker of the two-epoch run
+    from shortcut_kd.workflows.runner import _run_workflow
+
+    _run_workflow(one, "erm", progress=False)
+    exp.model_path("erm").unlink()
+    running = exp.record_path("erm").with_suffix(".running.json")
+    running.parent.mkdir(parents=True, exist_ok=True)
+    running.write_text(json.dumps({"fingerprint": fingerprint(exp, "erm")["sha256"]}))
+    steps = torch.load(exp.last_state_path("erm"), weights_only=False)["trainer"]["iteration"]
     run_stage(exp, "erm", progress=False)
-    state = torch.load(exp.stage_dir("erm") / "checkpoint_last.pt", weights_only=False)
-    assert state["trainer"]["iteration"] == 2 * steps_per_epoch  # one more epoch, not two
-    # and the resumed run ends where an uninterrupted one does (epoch 2 draws epoch 2's order)
-    straight = Experiment(settings.replace(output_dir=str(tmp_path / "straight")))
+    assert torch.load(exp.last_state_path("erm"), weights_only=False)["trainer"]["iteration"] == 2 * steps
+    straight = Experiment(two.replace(output_dir=str(tmp_path / "straight")))
     run_stage(straight, "erm", progress=False)
     resumed = torch.load(exp.model_path("erm"), weights_only=True)
     uninterrupted = torch.load(straight.model_path("erm"), weights_only=True)
-    assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6, msg=key)
 
@@ -87,37 +118,10 @@ def test_cli_stage_and_help(isic_tree, tmp_path, capsys):
     from shortcut_kd.cli import main
 
     assert main(["stage", "erm", "--dataset-dir", str(isic_tree / "iid"), "--output-dir", str(tmp_path),
-                 "--set", "image_size=16", "--set", "architecture=\"resnet10\"", "--set", "epochs=1",
+                 "--device", "cpu", "--set", "image_size=16", "--set", "architecture=\"resnet10\"",
+                 "--set", "epochs=1", "--set", "num_workers=0",
                  "--set", "arch_kwargs={\"widen_factor\": 0.25}", "--set", "n_bootstrap=10"]) == 0
     out = capsys.readouterr().out
     assert "erm" in out and "conflicting" in out
     with pytest.raises(SystemExit):
         main(["stage", "not-a-method"])
-
-
-def test_stages_share_one_preprocessing_per_experiment(isic_tree, tmp_path, monkeypatch):
-    settings = from_dict({**TINY, "dataset": "isic2017", "dataset_dir": str(isic_tree / "iid"),
-                          "output_dir": str(tmp_path), "shortcut": "patch"})
-    exp = Experiment(settings)
-    exp.prepare_splits()
-    calls = []
-    build = exp.transforms
-
-    def counting_transforms(train=False):
-        transform = build(train=train)
-        return lambda item: calls.append(item["id"]) or transform(item)
-
-    monkeypatch.setattr(exp, "transforms", counting_transforms)
-    unbiased, conflicting = exp.datalist("test_unbiased"), exp.datalist("test_conflicting")
-    first = [b["image"] for b in exp.loader("test_unbiased")]
-    assert len(calls) == len(unbiased)
-    again = [b["image"] for b in exp.loader("test_unbiased")]  # a later stage: nothing recomputed
-    assert len(calls) == len(unbiased)
-    assert all(a.equal(b) for a, b in zip(first, again))
-    # the same images with other shortcut flags are other entries: only those are computed
-    flipped = sum(u["bias"] != c["bias"] for u, c in zip(unbiased, conflicting))
-    assert [u["id"] for u in unbiased] == [c["id"] for c in conflicting] and flipped
-    exp.loader("test_conflicting")
-    assert len(calls) == len(unbiased) + flipped
-    assert {r for b in exp.loader("test_conflicting") for r in b["role"]} == {"test_conflicting"}
-    assert len(calls) == len(unbiased) + flipped

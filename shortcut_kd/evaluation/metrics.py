@@ -33,7 +33,7 @@ __all__ = ["TEST_ENTRY_KEYS", "predict", "compute_metrics", "bootstrap_auc_ci", 
 
 TEST_ENTRY_KEYS = ("auc", "auc_ci", "accuracy", "balanced_accuracy", "tpr_bias", "tpr_nobias", "delta_tpr",
                    "worst_group_accuracy", "n")
-"""The keys of one results.json test entry (DESIGN.md, schema ``shortcut-kd/results/v1``)."""
+"""The keys of one results.json test entry (schema ``shortcut-kd/results/v1``)."""
 
 
 def predict(model: nn.Module, loader: Any, device: str | torch.device = "cpu", amp: bool = False,

@@ -96,7 +96,7 @@ def format_table(results: dict, test_sets: Sequence[str] | None = None,
 
     Args:
         results: one experiment or a results set (one table per experiment, each under its title).
-        test_sets: columns to show, in this order (default: those present, in DESIGN.md order).
+        test_sets: columns to show, in this order (default: those present, in the test-set order of shortcut_kd.data.splits.TEST_SETS).
         exclude_from_best: methods never marked best.
     """
     experiments = experiments_of(results)
@@ -120,7 +120,7 @@ def plot_auc_bars(results: dict, path: str | os.PathLike, test_sets: Sequence[st
     Args:
         results: one experiment or a results set (one panel per experiment).
         path: the PNG to write.
-        test_sets: groups to show (default: those present, in DESIGN.md order).
+        test_sets: groups to show (default: those present, in the test-set order of shortcut_kd.data.splits.TEST_SETS).
         title: figure title (default: none for a set, the experiment title for one experiment).
     """
     from matplotlib.figure import Figure

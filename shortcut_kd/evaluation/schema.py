@@ -1,6 +1,6 @@
 """The results.json contract (schema ``shortcut-kd/results/v1``): validation and merging.
 
-One **experiment** (one dataset, architecture and shortcut) is exactly the DESIGN.md document::
+One **experiment** (one dataset, architecture and shortcut) is exactly this document::
 
     {"schema": "shortcut-kd/results/v1", "dataset": ..., "architecture": ...,
      "shortcut": {"name", "kind", "p_bias_pos", "p_bias_neg"},
@@ -196,6 +196,6 @@ def order_methods(names: Iterable[str]) -> list[str]:
 
 
 def order_test_sets(names: Iterable[str]) -> list[str]:
-    """DESIGN.md order (unbiased, aligned, conflicting, clean, ood), then any others A-Z."""
+    """the test-set order of shortcut_kd.data.splits.TEST_SETS (unbiased, aligned, conflicting, clean, ood), then any others A-Z."""
     names = list(dict.fromkeys(names))
     return [t for t in TEST_SETS if t in names] + sorted(n for n in names if n not in TEST_SETS)

@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 
 from shortcut_kd.workflows.cli import add_settings_arguments, settings_from_args
-from shortcut_kd.workflows.protocol import QUICK_METHOD_ORDER
+from shortcut_kd.workflows.protocol import QUICK_METHODS
 from shortcut_kd.evaluation.schema import METHOD_ORDER
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
-    parser.add_argument("--methods", default=",".join(QUICK_METHOD_ORDER),
+    parser.add_argument("--methods", default=",".join(QUICK_METHODS),
                         help=f"comma-separated subset of {','.join(METHOD_ORDER)} or 'all'")
     parser.add_argument("--fresh", action="store_true", help="start every stage over")
 

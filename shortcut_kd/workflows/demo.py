@@ -10,7 +10,7 @@ from pathlib import Path
 from shortcut_kd.io import write_json
 from shortcut_kd.workflows.cli import parse_overrides
 from shortcut_kd.workflows.presets import load_protocol_preset
-from shortcut_kd.workflows.protocol import QUICK_METHOD_ORDER, run_protocol
+from shortcut_kd.workflows.protocol import QUICK_METHODS, run_protocol
 from shortcut_kd.evaluation.schema import METHOD_ORDER
 from shortcut_kd.workflows.settings import from_dict
 
@@ -81,7 +81,7 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
     shortcuts = list(shortcuts or get_dataset(dataset).default_shortcuts)
     if quick and not methods:
         shortcuts = shortcuts[:1]
-    methods = list(methods or (QUICK_METHOD_ORDER if quick else METHOD_ORDER))
+    methods = list(methods or (QUICK_METHODS if quick else METHOD_ORDER))
     data_dir = ensure_synthetic(dataset, out, n, seed, "iid")
     ood_dir = ensure_synthetic(dataset, out, max(n // 5, 50), seed, "ood")
     experiments = []

@@ -299,9 +299,9 @@ def test_documented_commands_from_the_bundle_folder(tmp_path_factory, tmp_path):
                  "--train#trainer#max_epochs", "1")
     oracle = bundle / "eval" / "models" / "model_oracle.pt"
     assert oracle.is_file() and (bundle / "eval" / "splits" / "oracle.json").is_file()
-    monai_bundle("ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", str(oracle),
+    monai_bundle("ckpt_export", "network_def", "--filepath", "eval/models/model.ts", "--ckpt_file", str(oracle),
                  "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
-    exported = torch.jit.load(str(bundle / "models" / "model.ts"))
+    exported = torch.jit.load(str(bundle / "eval" / "models" / "model.ts"))
     net = network_of(bundle).eval()
     net.load_state_dict(torch.load(oracle, weights_only=True))
     x = torch.rand(3, 3, 32, 32)

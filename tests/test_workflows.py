@@ -125,3 +125,47 @@ def test_cli_stage_and_help(isic_tree, tmp_path, capsys):
     assert "erm" in out and "conflicting" in out
     with pytest.raises(SystemExit):
         main(["stage", "not-a-method"])
+
+
+def test_cli_stage_runs_exactly_what_monai_bundle_run_runs(isic_tree, tmp_path):
+    """``shortcut-kd stage kd`` and ``python -m monai.bundle run`` with the overrides it recorded give the same
+    weights and the same metrics: the CLI has no recipe of its own."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli_out, bundle_out = tmp_path / "cli", tmp_path / "bundle"
+    flags = ["--dataset-dir", str(isic_tree / "iid"), "--output-dir", str(cli_out), "--device", "cpu",
+             "--shortcut", "patch", "--epochs", "1"]
+    for key in ("image_size", "batch_size", "teacher_epochs", "specialist_size", "n_bootstrap", "num_workers"):
+        flags += ["--set", f"{key}={json.dumps(TINY[key])}"]
+    flags += ["--set", 'architecture="resnet10"', "--set", 'arch_kwargs={"widen_factor": 0.25}',
+              "--set", "distill.probe_epochs=1"]
+    done = subprocess.run([sys.executable, "-m", "shortcut_kd.cli", "stage", "kd", *flags], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    bundle = Experiment(_settings(isic_tree, cli_out)).bundle_dir
+    for method, stage_file in (("erm", None), ("teacher", "teacher.json"), ("kd", "distill.json"),
+                               ("evaluate", "evaluate.json")):
+        record = "kd" if method == "evaluate" else method
+        overrides = json.loads((cli_out / "stages" / f"{record}.json").read_text())["overrides"]
+        if method == "evaluate":
+            overrides = {k: v for k, v in overrides.items() if not k.startswith(("train#", "optimizer#", "distill#"))}
+            overrides["evaluate#n_bootstrap"] = TINY["n_bootstrap"]
+        overrides["output_dir"] = str(bundle_out)
+        (tmp_path / f"{method}_overrides.json").write_text(json.dumps(overrides))
+        files = ["configs/train.json", *([f"configs/{stage_file}"] if stage_file else []),
+                 str(tmp_path / f"{method}_overrides.json")]
+        done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)], cwd=bundle,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("model_erm.pt", "model_teacher.pt", "model.pt"):
+        a = torch.load(cli_out / "models" / name, weights_only=True)
+        b = torch.load(bundle_out / "models" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    results = json.loads((bundle_out / "results.json").read_text())["methods"]
+    for method in ("erm", "kd"):
+        recorded = json.loads((cli_out / "stages" / f"{method}.json").read_text())["test"]
+        assert results[method]["test"] == recorded, method

@@ -86,6 +86,19 @@ def test_missing_teacher_is_a_named_error_and_writes_no_model(isic_tree, tmp_pat
         _run_workflow(exp, "kd", progress=False)
     assert "teacher stage" in str(error.value)
     assert not exp.model_path("kd").exists()
+    # the same through `python -m monai.bundle run`: a non-zero exit naming the file, no model written
+    import os
+    import subprocess
+    import sys
+
+    overrides = {k: v for k, v in exp.overrides("kd").items()}
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    files = [*exp.config_files("kd"), str(tmp_path / "overrides.json")]
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(files)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and "model_teacher.pt" in done.stdout + done.stderr
+    assert not exp.model_path("kd").exists()
 
 
 def test_interrupted_stage_resumes_to_the_uninterrupted_weights(isic_tree, tmp_path):

@@ -163,11 +163,17 @@ def from_dict(data: dict) -> ExperimentSettings:
     return _from_dict(ExperimentSettings, dict(data), "settings")
 
 
+DATA_KEYS = ("synthetic_n",)
+"""Keys of a protocol preset that describe the demo's generated dataset, not the experiment (the number of
+synthetic images); :func:`read_settings` leaves them out."""
+
+
 def read_settings(path: str | Path, **overrides: Any) -> ExperimentSettings:
-    """Settings from a YAML file, then ``overrides`` (None values are ignored)."""
+    """Settings from a YAML file (a protocol preset's :data:`DATA_KEYS` left out), then ``overrides``
+    (None values are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("settings file", str(path), "give the path of an existing YAML file (see configs/protocols/).")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k not in DATA_KEYS}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(data)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar, overload
+
+_E = TypeVar("_E", bound=BaseException)
+
 
 class ShortcutKDError(Exception):
     """Base class of the toolkit's errors."""
@@ -40,6 +44,14 @@ class ConfigError(ShortcutKDError, ValueError):
     def __init__(self, key: str, value: object, fix: str) -> None:
         self.key, self.value = key, value
         super().__init__(f"config key '{key}' has value {value!r}. Fix: {fix}")
+
+
+@overload
+def find_toolkit_error(error: BaseException | None) -> ShortcutKDError | None: ...
+
+
+@overload
+def find_toolkit_error(error: BaseException | None, kind: type[_E]) -> _E | None: ...
 
 
 def find_toolkit_error(error: BaseException | None, kind: type = ShortcutKDError) -> BaseException | None:

@@ -13,20 +13,10 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from shortcut_kd.baselines import (
-    CutMixHandler,
-    GroupDROHandler,
-    MixUpHandler,
-    RandConv,
-    RandConvHandler,
-    RandConvd,
-    dfr_retrain,
-    find_errors,
-    group_balanced_sampler,
-    group_balanced_weights,
-    jtt_upsample,
+    CutMixHandler, GroupDROHandler, MixUpHandler, RandConv, RandConvd, RandConvHandler, dfr_retrain, find_errors,
+    group_balanced_sampler, group_balanced_weights, jtt_upsample,
 )
 from shortcut_kd.errors import ConfigError, DataError
-
 
 # ----------------------------------------------------------------------------- helpers
 

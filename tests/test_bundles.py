@@ -74,6 +74,7 @@ def tiny_bundle(name: str, dest: Path) -> Path:
 
     _edit(configs / "train.json", train)
     _edit(configs / "inference.json", common)
+
     def teacher(c: dict) -> None:
         c["train#trainer#max_epochs"] = 1
         c["teacher"]["probe_epochs"] = 2
@@ -186,10 +187,10 @@ def test_resume_continues_from_last_state(tmp_path_factory, tmp_path):
 
 def test_teacher_probes_use_the_whole_subset_under_ddp(tmp_path, monkeypatch):
     """A DDP training loader holds one rank's shard; the probes are fitted on the whole specialist subset."""
-    import shortcut_kd.distill
     from monai.data import DataLoader
     from torch.utils.data import DistributedSampler
 
+    import shortcut_kd.distill
     from shortcut_kd.nets import build_network
     from shortcut_kd.workflows.bundle import TeacherProbesHandler
 

@@ -5,29 +5,16 @@ import logging
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
 from monai.utils import CommonKeys as Keys
-from ignite.engine import Events
 
 from shortcut_kd.distill import (
-    TAP_LOSSES,
-    FeatureCapture,
-    FitNetTapLoss,
-    LayerwiseDistillationHandler,
-    LayerwiseDistillationLoss,
-    ProbeSet,
-    attention_transfer,
-    cosine,
-    fit_probes,
-    fitnet_mse,
-    get_tap_loss,
-    kd_output_transform,
-    load_probes,
-    match_spatial,
-    probe_kl,
-    tap_shapes,
+    TAP_LOSSES, FeatureCapture, FitNetTapLoss, LayerwiseDistillationHandler, LayerwiseDistillationLoss, ProbeSet,
+    attention_transfer, cosine, fit_probes, fitnet_mse, get_tap_loss, kd_output_transform, load_probes, match_spatial,
+    probe_kl, tap_shapes,
 )
 from shortcut_kd.errors import ConfigError
 from shortcut_kd.nets import build_network, get_taps, pair_taps

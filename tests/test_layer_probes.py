@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_kd.evaluation import (choose_taps, format_probe_table, plot_layer_probes, pool_features, probe_layers,
-                                    split_by_id, write_probe_table)
+from shortcut_kd.evaluation import (
+    choose_taps, format_probe_table, plot_layer_probes, pool_features, probe_layers, split_by_id, write_probe_table,
+)
 
 
 class _RandomFeatures(nn.Module):
@@ -121,8 +122,8 @@ def test_plot_and_tables(tmp_path):
 
 def test_cli_reads_plain_and_wrapped_checkpoints(tmp_path):
     from shortcut_kd.errors import ConfigError, DataError
-    from shortcut_kd.workflows.probe_layers_cli import parse_checkpoints
     from shortcut_kd.nets import read_state_dict
+    from shortcut_kd.workflows.probe_layers_cli import parse_checkpoints
 
     state = _Tiny().state_dict()
     torch.save(state, tmp_path / "model.pt")

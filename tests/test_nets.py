@@ -8,14 +8,7 @@ from torch import nn
 
 from shortcut_kd.errors import ConfigError
 from shortcut_kd.nets import (
-    FeatureCapture,
-    build_network,
-    get_head_name,
-    get_taps,
-    list_networks,
-    pair_taps,
-    register_network,
-    resolve_taps,
+    FeatureCapture, build_network, get_head_name, get_taps, list_networks, pair_taps, register_network, resolve_taps,
 )
 
 TINY_RESNET = {"widen_factor": 0.125, "conv1_t_stride": 2, "no_max_pool": True}

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from shortcut_kd.errors import DataError
-from shortcut_kd.evaluation import (SET_SCHEMA, format_table, merge_results, order_methods, plot_auc_bars,
-                                    validate_results, write_report)
+from shortcut_kd.evaluation import (
+    SET_SCHEMA, format_table, merge_results, order_methods, plot_auc_bars, validate_results, write_report,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

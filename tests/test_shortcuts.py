@@ -11,23 +11,9 @@ from monai.transforms import Compose, ScaleIntensity
 from shortcut_kd.errors import ConfigError, DataError
 from shortcut_kd.seeding import sample_seed
 from shortcut_kd.shortcuts import (
-    SHORTCUT_CLASSES,
-    BiasFieldShortcut,
-    BlurShortcut,
-    ContrastShortcut,
-    GaussianNoiseShortcut,
-    InjectShortcutd,
-    IntensityBlob,
-    RegionalDeformation,
-    SquarePatch,
-    SquarePatchd,
-    Stripes,
-    TextTag,
-    list_shortcuts,
-    load_presets,
-    make_shortcut,
-    shortcut_kind,
-    shortcut_mask,
+    SHORTCUT_CLASSES, BiasFieldShortcut, BlurShortcut, ContrastShortcut, GaussianNoiseShortcut, InjectShortcutd,
+    IntensityBlob, RegionalDeformation, SquarePatch, SquarePatchd, Stripes, TextTag, list_shortcuts, load_presets,
+    make_shortcut, shortcut_kind, shortcut_mask,
 )
 
 LOCALIZED = [SquarePatch, TextTag, Stripes, IntensityBlob, RegionalDeformation]
@@ -187,6 +173,25 @@ def test_set_random_state_makes_it_repeatable(cls):
     b = cls(**kwargs).set_random_state(seed=5)(img)
     c = cls(**kwargs).set_random_state(seed=6)(img)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("cls", LOCALIZED + DIFFUSE, ids=lambda c: c.__name__)
+def test_dict_form_has_the_array_arguments_and_documents_them(cls):
+    import inspect
+
+    import shortcut_kd.shortcuts as sk
+
+    dict_cls = getattr(sk, cls.__name__ + "d")
+    array_params = list(inspect.signature(cls).parameters.values())
+    dict_params = list(inspect.signature(dict_cls).parameters.values())
+    assert [p.name for p in dict_params] == ["keys", *(p.name for p in array_params), "allow_missing_keys"]
+    assert [p.default for p in dict_params[1:-1]] == [p.default for p in array_params]
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in dict_params)
+    args = dict_cls.__doc__.split("Args:")[1]
+    assert all(f"    {p.name}: " in args for p in dict_params)
+    t = dict_cls(keys="image").set_random_state(seed=3)
+    img = _image(2)
+    assert torch.equal(t({"image": img})["image"], cls().set_random_state(seed=3)(img))
 
 
 def test_dict_form_applies_one_draw_to_every_key():

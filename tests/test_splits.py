@@ -13,14 +13,7 @@ from PIL import Image
 
 from shortcut_kd.cli import main
 from shortcut_kd.data.splits import (
-    MANIFEST,
-    ROLES,
-    SCHEMA,
-    SplitSettings,
-    build_splits,
-    load_settings,
-    load_split,
-    write_splits,
+    MANIFEST, ROLES, SCHEMA, SplitSettings, build_splits, load_settings, load_split, write_splits,
 )
 from shortcut_kd.errors import ConfigError, DataError
 

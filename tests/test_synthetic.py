@@ -13,13 +13,8 @@ import pytest
 from PIL import Image
 
 from shortcut_kd.data.synthetic import (
-    brain_affine,
-    brain_phantoms,
-    chest_phantoms,
-    dermoscopy_phantoms,
-    synthesize,
+    brain_affine, brain_phantoms, chest_phantoms, chexpert_like, dermoscopy_phantoms, simba_like, synthesize,
 )
-from shortcut_kd.data.synthetic import chexpert_like, simba_like
 from shortcut_kd.data.synthetic.phantoms import make_rng
 from shortcut_kd.errors import ConfigError
 
@@ -263,9 +258,20 @@ def test_simba_effects_are_regional():
     assert brighter[:, half:, :half].mean() > 0
 
 
-def test_finding_is_learnable_but_not_a_brightness_cue():
-    from shortcut_kd.data.synthetic import difficulty
+def _load_benchmark(name: str):
+    """A script of ``benchmarks/`` imported from its file (the benchmarks are scripts, not a package)."""
+    import importlib.util
 
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finding_is_learnable_but_not_a_brightness_cue():
+    difficulty = _load_benchmark("synthetic_difficulty")
     x = difficulty.load_phantoms("chexpert", 400, 0, 32, np.array([0, 1] * 200))
     y = np.array([0, 1] * 200)
     assert difficulty.mean_intensity_auc(x, y) < 0.65

@@ -53,7 +53,7 @@ def test_protocol_runs_through_the_bundle_and_reuses_by_content(isic_tree, tmp_p
     exp = Experiment(settings)
     models = tmp_path / "run" / "models"
     assert {p.name for p in models.glob("model*.pt")} == {"model.pt", "model_erm.pt", "model_teacher.pt",
-                                                           "model_oracle.pt"}
+                                                          "model_oracle.pt"}
     assert (models / "teacher_probes.pt").is_file()
     kd_record = json.loads((tmp_path / "run" / "stages" / "kd.json").read_text())
     assert kd_record["overrides"]["optimizer#lr"] == 5e-4 and "optimizer#lr" not in \

@@ -82,7 +82,9 @@ def soft_labels(labels: torch.Tensor, num_classes: int, key: str = "label") -> t
 def rng_state_dict(rng: np.random.RandomState) -> dict[str, Any]:
     """A ``RandomState``'s state as tensors and numbers, loadable with ``torch.load(weights_only=True)``
     (MONAI's ``CheckpointLoader`` loads that way; numpy arrays would be refused)."""
-    name, keys, pos, has_gauss, cached = rng.get_state()
+    state = rng.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the legacy form: a RandomState's MT19937 state is always a tuple
+    name, keys, pos, has_gauss, cached = state
     return {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached)}
 

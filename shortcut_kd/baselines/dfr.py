@@ -242,13 +242,14 @@ def _choose_c(z: np.ndarray, y: np.ndarray, keys: np.ndarray, c_grid: list[float
     if counts.min() < 2:
         logger.warning("DFR: a group has fewer than 2 samples; C is not tuned (C=%g).", c_grid[0])
         return c_grid[0]
-    fit_idx, val_idx = [], []
+    fit_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
     for v in values:
         idx = rng.permutation(np.flatnonzero(keys == v))
         half = len(idx) // 2
-        fit_idx.append(idx[:half])
-        val_idx.append(idx[half:])
-    fit_idx, val_idx = np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(val_idx))
+        fit_parts.append(idx[:half])
+        val_parts.append(idx[half:])
+    fit_idx, val_idx = np.sort(np.concatenate(fit_parts)), np.sort(np.concatenate(val_parts))
     if len(np.unique(y[fit_idx])) < 2:
         return c_grid[0]
     scores = []

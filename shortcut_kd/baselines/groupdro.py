@@ -83,15 +83,16 @@ class GroupDROHandler:
             self.logger = engine.logger
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_weights)
-        engine.state.group_weights = self.q.tolist()
+        # ignite's State takes new attributes, but its type declares only the built-in ones
+        engine.state.group_weights = self.q.tolist()  # type: ignore[attr-defined]
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
+        output: dict[str, Any] = engine.state.output  # type: ignore[assignment]  # ignite annotates it as an int
         pred = output[Keys.PRED]
         groups = self._groups(engine.state.batch, pred.device, pred.shape[0])
         loss = self.robust_loss(pred, output[Keys.LABEL], groups)
         output[Keys.LOSS] = loss
-        engine.state.group_weights = self.q.tolist()
+        engine.state.group_weights = self.q.tolist()  # type: ignore[attr-defined]
 
     def robust_loss(self, pred: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """Update ``q`` with the batch's group losses and return ``Σ_g q_g · loss_g``.

@@ -70,8 +70,8 @@ def group_balanced_sampler(
     if num_samples < 1:
         raise ConfigError("num_samples", num_samples, "use a positive number of draws, or null for len(datalist).")
     generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=num_samples,
-                                 replacement=True, generator=generator)
+    # the sampler keeps the weights as a float64 tensor
+    return WeightedRandomSampler(weights, num_samples=num_samples, replacement=True, generator=generator)
 
 
 def _hashable(value: Any) -> Any:

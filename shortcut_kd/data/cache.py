@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -79,9 +80,10 @@ def cached_dataset(data: Sequence[Mapping[str, Any]], transform: Callable, cache
     if cache_dir is None:
         return CacheDataset(list(data), transform=compose, cache_rate=cache_rate, num_workers=workers,
                             progress=progress)
-    persistent = _PlainTensorPersistentDataset(list(data), transform=compose, cache_dir=cache_dir,
+    persistent = _PlainTensorPersistentDataset(list(data), transform=compose, cache_dir=Path(cache_dir),
                                                hash_func=item_hash, hash_transform=transform_hash)
     if cache_rate <= 0 or not _is_deterministic(compose):
         return persistent
-    return CacheDataset(persistent, transform=Compose([]), cache_rate=cache_rate, num_workers=workers,
-                        progress=progress, copy_cache=False)
+    # MONAI annotates `data` as a Sequence; any dataset with __len__ and __getitem__ serves
+    return CacheDataset(persistent, transform=Compose([]), cache_rate=cache_rate,  # type: ignore[arg-type]
+                        num_workers=workers, progress=progress, copy_cache=False)

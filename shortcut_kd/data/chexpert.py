@@ -20,12 +20,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from shortcut_kd.data.generic import (
-    is_blank,
-    parse_age,
-    parse_number,
-    raise_missing_images,
-    read_table,
-    require_columns,
+    is_blank, parse_age, parse_number, raise_missing_images, read_table, require_columns, splits_found,
 )
 from shortcut_kd.errors import ConfigError, DataError
 
@@ -67,14 +62,7 @@ def find_chexpert_root(root: str | os.PathLike, csv_name: str = "train.csv") -> 
 
 def available_splits(root: str | os.PathLike) -> tuple[str, ...]:
     """The native splits (``train``, ``valid``, ``test``) whose CSV exists under ``root``."""
-    found = []
-    for split in NATIVE_SPLITS:
-        try:
-            find_chexpert_root(root, SPLIT_FILES[split])
-            found.append(split)
-        except DataError:
-            pass
-    return tuple(found)
+    return splits_found(NATIVE_SPLITS, lambda split: find_chexpert_root(root, SPLIT_FILES[split]))
 
 
 def relative_image_path(path_value: str) -> PurePosixPath:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shortcut_kd.errors import DataError
+from shortcut_kd.errors import ConfigError, DataError
 from shortcut_kd.io import read_json
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,30 @@ def raise_missing_images(missing: Sequence[tuple[int | str, str]], total: int, f
                     file=str(file), row=missing[0][0], column=column, fix=fix)
 
 
+def canonical_split(split: str, splits: Sequence[str], aliases: Mapping[str, str]) -> str:
+    """``split`` with an alias (e.g. ``"valid"``) replaced by its name in ``splits``.
+
+    Raises:
+        ConfigError: the split is not one of ``splits`` (nor an alias of one).
+    """
+    split = aliases.get(split, split)
+    if split not in splits:
+        raise ConfigError("split", split, f"use one of {list(splits)}.")
+    return split
+
+
+def splits_found(splits: Sequence[str], find: Callable[[str], object]) -> tuple[str, ...]:
+    """The ``splits`` for which ``find(split)`` raises no :class:`DataError` (their files exist)."""
+    found = []
+    for split in splits:
+        try:
+            find(split)
+            found.append(split)
+        except DataError:
+            pass
+    return tuple(found)
+
+
 def resolve_path(value: str, base: str | os.PathLike) -> str:
     """``value`` as an absolute path; a relative one is taken relative to ``base``."""
     path = Path(value.strip()).expanduser()
@@ -199,6 +223,7 @@ def read_generic(list_file: str | os.PathLike, root: str | os.PathLike | None = 
     """
     path = Path(list_file)
     base = Path(root) if root is not None else path.parent
+    rows: Sequence[Mapping[str, Any]]
     if path.suffix.lower() == ".json":
         columns, rows = _json_rows(path, data_list_key)
     else:

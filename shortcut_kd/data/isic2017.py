@@ -17,14 +17,9 @@ import os
 from pathlib import Path
 
 from shortcut_kd.data.generic import (
-    is_blank,
-    parse_age,
-    parse_number,
-    raise_missing_images,
-    read_table,
-    require_columns,
+    canonical_split, is_blank, parse_age, parse_number, raise_missing_images, read_table, require_columns, splits_found,
 )
-from shortcut_kd.errors import ConfigError, DataError
+from shortcut_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +37,7 @@ def _names(split: str) -> tuple[str, str, str]:
 
 
 def _canonical_split(split: str) -> str:
-    split = SPLIT_ALIASES.get(split, split)
-    if split not in SPLIT_NAMES:
-        raise ConfigError("split", split, f"use one of {list(SPLIT_NAMES)}.")
-    return split
+    return canonical_split(split, NATIVE_SPLITS, SPLIT_ALIASES)
 
 
 def find_isic2017_files(root: str | os.PathLike, split: str = "train") -> tuple[Path, Path]:
@@ -76,14 +68,7 @@ def find_isic2017_files(root: str | os.PathLike, split: str = "train") -> tuple[
 
 def available_splits(root: str | os.PathLike) -> tuple[str, ...]:
     """The native splits whose image folder and ground-truth CSV exist under ``root``."""
-    found = []
-    for split in NATIVE_SPLITS:
-        try:
-            find_isic2017_files(root, split)
-            found.append(split)
-        except DataError:
-            pass
-    return tuple(found)
+    return splits_found(NATIVE_SPLITS, lambda split: find_isic2017_files(root, split))
 
 
 def _read_metadata(path: Path) -> dict[str, tuple[str, int]]:
@@ -144,14 +129,14 @@ def read_isic2017(root: str | os.PathLike, split: str = "train", check_files: bo
         if is_blank(image_id):
             raise DataError("the image id is empty.", file=str(csv_path), row=i, column="image_id",
                             fix="repair the row or use the unmodified ISIC ground-truth CSV.")
-        path = files.get(image_id)
-        if path is None:
+        image_path = files.get(image_id)
+        if image_path is None:
             missing.append((i, str(data_dir / f"{image_id}.jpg")))
             if check_files:
                 continue
-            path = data_dir / f"{image_id}.jpg"
+            image_path = data_dir / f"{image_id}.jpg"
         item = {
-            "image": os.path.abspath(path),
+            "image": os.path.abspath(image_path),
             "label": int(parse_number(row.get("melanoma"), (0, 1), csv_path, i, "melanoma")),
             "id": image_id,
             "seborrheic_keratosis": int(parse_number(row.get("seborrheic_keratosis"), (0, 1), csv_path, i,

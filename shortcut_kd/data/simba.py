@@ -17,8 +17,10 @@ import os
 import re
 from pathlib import Path
 
-from shortcut_kd.data.generic import is_blank, parse_number, raise_missing_images, read_table, require_columns
-from shortcut_kd.errors import ConfigError, DataError
+from shortcut_kd.data.generic import (
+    canonical_split, is_blank, parse_number, raise_missing_images, read_table, require_columns,
+)
+from shortcut_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,7 @@ _BIAS_IN_NAME = re.compile(r"_B(\.nii(\.gz)?)?$")
 
 
 def _canonical_split(split: str) -> str:
-    split = SPLIT_ALIASES.get(split, split)
-    if split not in NATIVE_SPLITS:
-        raise ConfigError("split", split, f"use one of {list(NATIVE_SPLITS)}.")
-    return split
+    return canonical_split(split, NATIVE_SPLITS, SPLIT_ALIASES)
 
 
 def available_splits(root: str | os.PathLike) -> tuple[str, ...]:

@@ -16,17 +16,8 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
-    Compose,
-    EnsureTyped,
-    LoadImaged,
-    MapTransform,
-    NormalizeIntensityd,
-    RandFlipd,
-    RandRotated,
-    Resized,
-    ScaleIntensityd,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
+    Compose, EnsureTyped, LoadImaged, MapTransform, NormalizeIntensityd, RandFlipd, RandRotated, Resized,
+    ScaleIntensityd, ScaleIntensityRanged, ScaleIntensityRangePercentilesd,
 )
 from monai.utils import convert_to_tensor
 
@@ -242,10 +233,11 @@ def build_transforms(
         transforms.append(Resized(keys, spatial_size=size, mode="area"))
     if train and augment:
         angle = float(np.deg2rad(10.0))
-        rot = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
+        out_of_plane = angle if spatial_dims == 3 else 0.0  # 0.0: RandRotated's default, no rotation
         transforms += [
             RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandRotated(keys, prob=0.5, keep_size=True, padding_mode="zeros", **rot),
+            RandRotated(keys, range_x=angle, range_y=out_of_plane, range_z=out_of_plane, prob=0.5, keep_size=True,
+                        padding_mode="zeros"),
         ]
     transforms.append(EnsureTyped(keys, dtype=torch.float32))
     if with_label:

@@ -5,30 +5,12 @@
 
 from shortcut_kd.distill.handler import LayerwiseDistillationHandler, kd_output_transform
 from shortcut_kd.distill.losses import (
-    TAP_LOSSES,
-    Adapter,
-    AttentionTransferTapLoss,
-    CosineTapLoss,
-    FitNetTapLoss,
-    LayerwiseDistillationLoss,
-    ProbeKLTapLoss,
-    TapLoss,
-    attention_map,
-    attention_transfer,
-    cosine,
-    fitnet_mse,
-    get_tap_loss,
-    match_spatial,
+    TAP_LOSSES, Adapter, AttentionTransferTapLoss, CosineTapLoss, FitNetTapLoss, LayerwiseDistillationLoss,
+    ProbeKLTapLoss, TapLoss, attention_map, attention_transfer, cosine, fitnet_mse, get_tap_loss, match_spatial,
     probe_kl,
 )
 from shortcut_kd.distill.probes import (
-    ProbeHead,
-    ProbeSet,
-    default_input_shape,
-    eval_mode,
-    fit_probes,
-    load_probes,
-    tap_shapes,
+    ProbeHead, ProbeSet, default_input_shape, eval_mode, fit_probes, load_probes, tap_shapes,
 )
 from shortcut_kd.nets.capture import FeatureCapture
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -23,6 +23,7 @@ from shortcut_kd.nets.registry import pair_taps
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 else:
     Engine, _ = optional_import(
         "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator"
@@ -71,6 +72,9 @@ class _CapturingInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         self.handler._student_features = None
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"LayerwiseDistillationHandler needs the student network to be a torch.nn.Module, "
+                            f"got {type(network).__name__}.")
         with FeatureCapture(network, self.handler.student_taps) as cap:
             out = self.inner(inputs, network, *args, **kwargs)
         self.handler._student_features = dict(cap.features)
@@ -244,7 +248,8 @@ class LayerwiseDistillationHandler:
             if not hasattr(engine, attr):
                 raise TypeError(f"LayerwiseDistillationHandler needs a SupervisedTrainer-like engine with "
                                 f"`{attr}`; got {type(engine).__name__}.")
-        student = unwrap(engine.network)
+        trainer = cast("SupervisedTrainer", engine)  # or an engine with the same three attributes
+        student = unwrap(trainer.network)
         device = getattr(engine.state, "device", None)
         if device is None:
             param = next(student.parameters(), None)
@@ -280,14 +285,14 @@ class LayerwiseDistillationHandler:
             # join the first param group rather than adding one: LR schedulers built on the optimizer before
             # this point keep one entry per group (LambdaLR fails on an extra group), and the probes and
             # adapters simply follow the student's learning rate and schedule
-            known = {id(p) for g in engine.optimizer.param_groups for p in g["params"]}
-            engine.optimizer.param_groups[0]["params"].extend(p for p in params if id(p) not in known)
-        elif params:
+            known = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+            trainer.optimizer.param_groups[0]["params"].extend(p for p in params if id(p) not in known)
+        elif params and self.lr is not None:
             group: dict[str, Any] = {"params": params, "lr": float(self.lr)}
-            if any("initial_lr" in g for g in engine.optimizer.param_groups):  # an LR scheduler already exists
+            if any("initial_lr" in g for g in trainer.optimizer.param_groups):  # an LR scheduler already exists
                 group["initial_lr"] = group["lr"]
-            engine.optimizer.add_param_group(group)
-        engine.inferer = _CapturingInferer(engine.inferer, self)
+            trainer.optimizer.add_param_group(group)
+        trainer.inferer = _CapturingInferer(trainer.inferer, self)
         self.logger.info("distilling teacher taps %s into student taps %s (%s)", self.teacher_taps,
                          self.student_taps, self.distill_loss.loss_names)
 
@@ -337,6 +342,12 @@ class LayerwiseDistillationHandler:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def _distill_loss(self) -> LayerwiseDistillationLoss:
+        """The loss module that the set-up built (at ``Events.STARTED`` or in :meth:`attach`)."""
+        if self.distill_loss is None:
+            raise RuntimeError("LayerwiseDistillationHandler is not set up: attach it to the trainer before running.")
+        return self.distill_loss
+
     def _epoch_started(self, engine: Engine) -> None:
         self._sums, self._count = {}, 0
 
@@ -356,15 +367,17 @@ class LayerwiseDistillationHandler:
         if features is None:
             raise RuntimeError("LayerwiseDistillationHandler found no student features: the trainer's inferer "
                                "was replaced after attach(); attach the handler after setting the inferer.")
-        out = engine.state.output
+        # the trainer's output dict (ignite annotates State.output as an int)
+        out: dict[str, Any] = engine.state.output  # type: ignore[assignment]
         targets = self._teacher_targets(engine, out[Keys.IMAGE])
-        terms = self.distill_loss(features, out[Keys.PRED], targets)
+        distill_loss = self._distill_loss()
+        terms = distill_loss(features, out[Keys.PRED], targets)
         scale = self.current_scale = self._scale(engine)
         task = out[Keys.LOSS]
-        total_key = self.distill_loss.term_names[-1]
+        total_key = distill_loss.term_names[-1]
         out[Keys.LOSS] = task + scale * terms[total_key].to(task.dtype)
         out[TASK_LOSS] = task.detach()
-        names = self.distill_loss.term_names
+        names = distill_loss.term_names
         logged = torch.stack([terms[k].detach().float() for k in names]) * scale
         for k, v in zip(names, logged):
             out[k] = v
@@ -382,7 +395,7 @@ class LayerwiseDistillationHandler:
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=amp):
             with FeatureCapture(self.teacher, self.teacher_taps, detach=True) as cap:
                 logits = self.teacher(x)
-            targets = self.distill_loss.teacher_targets(cap.features, logits)
+            targets = self._distill_loss().teacher_targets(cap.features, logits)
         self.teacher_forward_count += 1
         self.teacher_sample_count += int(x.shape[0])
         return targets

@@ -14,7 +14,7 @@ Each per-tap loss exists twice:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,11 @@ def match_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if len(spatial) != len(size):
         raise ValueError(f"cannot match a {len(spatial)}D map {spatial} to a {len(size)}D size {size}.")
     if all(a >= b for a, b in zip(spatial, size)):
-        return (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(size) - 1](x, size)
+        if len(size) == 3:
+            return F.adaptive_avg_pool3d(x, (size[0], size[1], size[2]))
+        if len(size) == 2:
+            return F.adaptive_avg_pool2d(x, (size[0], size[1]))
+        return F.adaptive_avg_pool1d(x, size)
     mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
@@ -208,6 +212,7 @@ class ProbeKLTapLoss(TapLoss):
                  teacher_probe: ProbeHead | None = None, *, temperature: float = 2.0,
                  init_from_teacher: bool = True) -> None:
         super().__init__(student_channels, teacher_channels, spatial_dims, teacher_probe)
+        assert teacher_probe is not None  # required: TapLoss.__init__ raised otherwise
         self.temperature = float(temperature)
         self.teacher_probe = teacher_probe.requires_grad_(False).eval()
         self.student_probe = ProbeHead(student_channels, teacher_probe.num_classes, teacher_probe.spatial_dims)
@@ -448,7 +453,7 @@ class LayerwiseDistillationLoss(nn.Module):
             features: teacher tap outputs ``{teacher_tap: (N, C, *spatial)}``.
             logits: teacher final logits (N, K).
         """
-        out = {s: mod.teacher_target(features[t])
+        out = {s: cast(TapLoss, mod).teacher_target(features[t])
                for s, t, mod in zip(self.taps_student, self.taps_teacher, self.tap_losses)}
         out["final"] = logits.float()
         return out

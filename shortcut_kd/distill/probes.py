@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ class ProbeSet(nn.Module):
     def __getitem__(self, tap: str) -> ProbeHead:
         if tap not in self.channels:
             raise KeyError(f"no probe for tap '{tap}'; probes exist for {self.taps}.")
-        return self.heads[_key(tap)]
+        return cast(ProbeHead, self.heads[_key(tap)])
 
     def __contains__(self, tap: object) -> bool:
         return tap in self.channels
@@ -275,7 +275,8 @@ def fit_probes(
             order = torch.randperm(n, generator=gen).to(device)
             for start in range(0, n, batch_size):
                 idx = order[start: start + batch_size]
-                loss = sum(F.cross_entropy(probes[t].linear(feats[t][idx]), target[idx]) for t in taps)
+                losses = [F.cross_entropy(probes[t].linear(feats[t][idx]), target[idx]) for t in taps]
+                loss = cast(torch.Tensor, sum(losses))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -183,7 +183,8 @@ def split_by_id(items: Sequence[dict], fraction: float = 0.5, seed: int = 0, id_
     A sample goes to the first part when ``sample_uniform(seed, id, salt) < fraction``, so the split
     is the same on every run and machine and does not depend on the datalist's order.
     """
-    first, second = [], []
+    first: list[dict] = []
+    second: list[dict] = []
     for i, item in enumerate(items):
         sid = item.get(id_key)
         if sid is None:
@@ -212,7 +213,7 @@ def plot_layer_probes(rows: Sequence[dict], path: str | os.PathLike, title: str 
     styles = ["-", "--", ":", "-."]
     cmap = colormaps["tab10"]
     taps_by_model = {m: [r["tap"] for r in sorted((r for r in rows if r.get("model", "model") == m
-                                                    and r["target"] == targets[0]), key=lambda r: r["depth"])]
+                                                   and r["target"] == targets[0]), key=lambda r: r["depth"])]
                      for m in models}
     depth = max(len(t) for t in taps_by_model.values())
     fig = Figure(figsize=(max(4.5, 0.9 * depth + 2.5), 3.4))

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from shortcut_kd.evaluation.schema import (REFERENCE_METHODS, experiments_of, merge_results, order_methods,
-                                           order_test_sets, validate_results)
+from shortcut_kd.evaluation.schema import (
+    REFERENCE_METHODS, experiments_of, merge_results, order_methods, order_test_sets, validate_results,
+)
 from shortcut_kd.io import atomic_path, write_text
 
 __all__ = ["write_report", "format_table", "plot_auc_bars", "validate_results", "merge_results",
@@ -96,7 +97,8 @@ def format_table(results: dict, test_sets: Sequence[str] | None = None,
 
     Args:
         results: one experiment or a results set (one table per experiment, each under its title).
-        test_sets: columns to show, in this order (default: those present, in the test-set order of shortcut_kd.data.splits.TEST_SETS).
+        test_sets: columns to show, in this order (default: those present, in the test-set order of
+            shortcut_kd.data.splits.TEST_SETS).
         exclude_from_best: methods never marked best.
     """
     experiments = experiments_of(results)
@@ -228,7 +230,7 @@ def write_report(results: dict, out_dir: str | os.PathLike, figures: dict[str, s
 
 
 def _settings_section(experiments: list[dict], settings: dict | None) -> list[str]:
-    blocks = []
+    blocks: list[tuple[str | None, dict, Any]] = []
     if settings is not None:
         blocks.append((None, settings, settings.get("seed")))
     else:

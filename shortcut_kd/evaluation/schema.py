@@ -196,6 +196,7 @@ def order_methods(names: Iterable[str]) -> list[str]:
 
 
 def order_test_sets(names: Iterable[str]) -> list[str]:
-    """the test-set order of shortcut_kd.data.splits.TEST_SETS (unbiased, aligned, conflicting, clean, ood), then any others A-Z."""
+    """The test-set order of shortcut_kd.data.splits.TEST_SETS (unbiased, aligned, conflicting, clean, ood), then
+    any others A-Z."""
     names = list(dict.fromkeys(names))
     return [t for t in TEST_SETS if t in names] + sorted(n for n in names if n not in TEST_SETS)

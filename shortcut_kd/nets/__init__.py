@@ -5,14 +5,7 @@ from shortcut_kd.nets.alexnet import AlexNet
 from shortcut_kd.nets.capture import FeatureCapture
 from shortcut_kd.nets.checkpoint import STATE_DICT_KEYS, load_weights, read_state_dict, unwrap
 from shortcut_kd.nets.registry import (
-    NetworkSpec,
-    build_network,
-    get_head_name,
-    get_taps,
-    list_networks,
-    pair_taps,
-    register_network,
-    resolve_taps,
+    NetworkSpec, build_network, get_head_name, get_taps, list_networks, pair_taps, register_network, resolve_taps,
 )
 from shortcut_kd.nets.simba_cnn import SimBACNN
 

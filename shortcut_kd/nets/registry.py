@@ -165,7 +165,8 @@ def build_network(
             "spatial_dims", spatial_dims, f"network '{name}' supports spatial_dims in {list(spec.spatial_dims)}."
         )
     model = spec.builder(int(spatial_dims), int(in_channels), int(num_classes), **kwargs)
-    model.arch_name = str(name).lower()
+    # torch annotates Module.__setattr__ for tensors and modules only; a plain attribute is fine
+    model.arch_name = str(name).lower()  # type: ignore[assignment]
     return model
 
 
@@ -255,10 +256,11 @@ def resolve_taps(model_or_name: str | nn.Module, spec: TapSpec = "all") -> list[
         if not is_model:
             raise
         valid = []
+    model = unwrap(model_or_name) if isinstance(model_or_name, nn.Module) else None
     for n in names:
-        ok = _has(unwrap(model_or_name), n) if is_model else n in valid
+        ok = _has(model, n) if model is not None else n in valid
         if not ok:
-            shown = valid or [m for m, _ in unwrap(model_or_name).named_children()]
+            shown = valid or ([m for m, _ in model.named_children()] if model is not None else [])
             raise ConfigError("taps", n, f"use 'all', 'early', 'late' or names from {shown}.")
     return names
 

@@ -37,15 +37,16 @@ class SimBACNN(nn.Module):
         conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
         pool = Pool[Pool.MAX, spatial_dims]
         c_in = in_channels
-        for i, c_out in enumerate(channels, start=1):
-            block = nn.Sequential(
+        blocks = []
+        for c_out in channels:
+            blocks.append(nn.Sequential(
                 conv(c_in, int(c_out), kernel_size=3, padding=1, bias=False),
                 norm(int(c_out)),
                 nn.ReLU(inplace=True),
                 pool(kernel_size=2, stride=2, ceil_mode=True),
-            )
-            self.add_module(f"block{i}", block)
+            ))
             c_in = int(c_out)
+        self.block1, self.block2, self.block3, self.block4, self.block5 = blocks
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c_in, num_classes)

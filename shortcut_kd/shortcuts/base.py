@@ -73,13 +73,13 @@ class ShortcutTransform(Randomizable, Transform):
             img: channel-first image, numpy array or torch tensor (MetaTensor keeps its metadata).
             randomize: draw new random parameters first (``False`` reuses the last ones).
         """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        if img.ndim not in (3, 4):
+        tensor: torch.Tensor = convert_to_tensor(img, track_meta=get_track_meta())
+        if tensor.ndim not in (3, 4):
             raise ValueError(
                 f"{type(self).__name__} expects a channel-first 2D or 3D image (C, H, W[, D]), got shape "
-                f"{tuple(img.shape)}; add the channel dimension first (e.g. EnsureChannelFirst)."
+                f"{tuple(tensor.shape)}; add the channel dimension first (e.g. EnsureChannelFirst)."
             )
-        t = img.as_tensor() if isinstance(img, MetaTensor) else img
+        t = tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
         if not t.is_floating_point():
             t = t.float()
         if randomize:
@@ -87,7 +87,7 @@ class ShortcutTransform(Randomizable, Transform):
         out = self._apply(t)
         if isinstance(out, MetaTensor):  # MONAI helpers return fresh MetaTensors: keep the input's metadata
             out = out.as_tensor()
-        out, *_ = convert_to_dst_type(out, dst=img, dtype=out.dtype)
+        out, *_ = convert_to_dst_type(out, dst=tensor, dtype=out.dtype)
         return out
 
 
@@ -173,19 +173,19 @@ def corner_fractions(corner: str | Sequence[float], ndim: int, depth: float = 0.
         fr = list(CORNERS[corner])
     else:
         fr = [float(c) for c in corner]
-    while len(fr) < ndim:
-        fr.append(depth)
-    return fr[:ndim]
+    return _fit(fr, ndim, depth)
 
 
 def per_axis(value: float | Sequence[float], ndim: int, fill: float = 0.5) -> list[float]:
     """A scalar broadcast to ``ndim`` axes, or a sequence padded with ``fill``."""
     if isinstance(value, (int, float)):
         return [float(value)] * ndim
-    out = [float(v) for v in value]
-    while len(out) < ndim:
-        out.append(fill)
-    return out[:ndim]
+    return _fit([float(v) for v in value], ndim, fill)
+
+
+def _fit(values: list[float], ndim: int, fill: float) -> list[float]:
+    """``values`` padded with ``fill`` or cut to ``ndim`` entries."""
+    return (values + [fill] * (ndim - len(values)))[:ndim]
 
 
 def coordinate_grid(spatial_shape: Sequence[int]) -> np.ndarray:

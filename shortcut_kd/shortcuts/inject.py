@@ -6,6 +6,7 @@ import copy
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
+import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform
@@ -141,9 +142,9 @@ class InjectShortcutd(MapTransform):
 InjectShortcutD = InjectShortcutDict = InjectShortcutd
 
 
-def _as_float_tensor(img: NdarrayOrTensor) -> NdarrayOrTensor:
-    img = convert_to_tensor(img, track_meta=get_track_meta())
-    return img if img.is_floating_point() else img.float()
+def _as_float_tensor(img: NdarrayOrTensor) -> torch.Tensor:
+    tensor: torch.Tensor = convert_to_tensor(img, track_meta=get_track_meta())
+    return tensor if tensor.is_floating_point() else tensor.float()
 
 
 def shortcut_mask(

@@ -18,14 +18,7 @@ import numpy as np
 import torch
 
 from shortcut_kd.shortcuts.base import (
-    LocalizedShortcut,
-    coordinate_grid,
-    corner_fractions,
-    intensity_range,
-    margin_pixels,
-    per_axis,
-    place,
-    side_pixels,
+    LocalizedShortcut, coordinate_grid, corner_fractions, intensity_range, margin_pixels, per_axis, place, side_pixels,
 )
 
 __all__ = ["SquarePatch", "TextTag", "Stripes", "IntensityBlob", "RegionalDeformation", "render_text"]

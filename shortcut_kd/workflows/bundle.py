@@ -20,11 +20,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
+
+if TYPE_CHECKING:
+    from monai.engines import Workflow
 
 from shortcut_kd.errors import ConfigError, DataError
 from shortcut_kd.io import save_torch, write_json
@@ -216,7 +219,7 @@ class ResumableCheckpoint:
         save_torch(self.path, {k: _unwrap(v).state_dict() for k, v in self._objects.items()})
 
     @staticmethod
-    def _replay_data_order(engine: Engine) -> None:
+    def _replay_data_order(engine: Workflow) -> None:
         """After loading, advance the training loader's random streams past the finished epochs.
 
         The checkpoint restores the network, optimizer and counters, but the loader's shuffling generator
@@ -272,7 +275,7 @@ class InitialWeights:
         net = load_weights(self.network, str(self.ckpt_file), written_by=self.written_by)
         if self.reset_head:
             net = unwrap(net)
-            net.get_submodule(get_head_name(net)).reset_parameters()
+            cast(nn.Linear, net.get_submodule(get_head_name(net))).reset_parameters()
 
 
 class SaveFinalModel:
@@ -370,7 +373,7 @@ class SampleIdRecorder:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _record(self, engine: Engine) -> None:
-        batch = engine.state.batch
+        batch: Any = engine.state.batch  # ignite annotates State.batch as an int
         ids = [item[self.id_key] for item in batch] if isinstance(batch, list) else list(batch[self.id_key])
         self.seen.setdefault(engine.state.epoch, []).extend(str(i) for i in ids)
 

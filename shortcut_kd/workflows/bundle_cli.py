@@ -20,8 +20,8 @@ from typing import Any
 
 from shortcut_kd.errors import ConfigError, ShortcutKDError
 
-__all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow", "toolkit_error",
-           "add_arguments", "run"]
+__all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow",
+           "toolkit_error", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def _parse_value(raw: str) -> Any:
 
 def bundle_overrides(args: argparse.Namespace, bundle_dir: Path, stage: str) -> dict[str, Any]:
     """Config overrides from the command line (``bundle_root``, ``dataset_dir``, ``output_dir``, epochs, --set)."""
-    overrides: dict[str, Any] = {"bundle_root": str(Path(args.bundle_root).resolve() if args.bundle_root else bundle_dir)}
+    bundle_root = Path(args.bundle_root).resolve() if args.bundle_root else bundle_dir
+    overrides: dict[str, Any] = {"bundle_root": str(bundle_root)}
     if args.dataset_dir:
         overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
     if args.output_dir:

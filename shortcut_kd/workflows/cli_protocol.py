@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from shortcut_kd.evaluation.schema import METHOD_ORDER
 from shortcut_kd.workflows.cli import add_settings_arguments, settings_from_args
 from shortcut_kd.workflows.protocol import QUICK_METHODS
-from shortcut_kd.evaluation.schema import METHOD_ORDER
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

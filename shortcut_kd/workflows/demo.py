@@ -7,15 +7,14 @@ import logging
 import os
 from pathlib import Path
 
+from shortcut_kd.evaluation.schema import METHOD_ORDER
 from shortcut_kd.io import write_json
 from shortcut_kd.workflows.cli import parse_overrides
 from shortcut_kd.workflows.presets import load_protocol_preset
 from shortcut_kd.workflows.protocol import QUICK_METHODS, run_protocol
-from shortcut_kd.evaluation.schema import METHOD_ORDER
 from shortcut_kd.workflows.settings import from_dict
 
 logger = logging.getLogger(__name__)
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -85,8 +85,8 @@ def gradcam_figure(exp: Experiment, methods: Sequence[str], out: Path, n_panel: 
         cams = gradcam_maps(model, images, target_layer=get_taps(model)[-1], class_idx=1, device=exp.device)
         maps[method] = cams[:n_panel]
         if masks is not None:
-            values = [attention_on_mask(c, m) for c, m in zip(cams, masks)]
-            values = [v for v in values if v is not None]
+            found = [attention_on_mask(c, m) for c, m in zip(cams, masks)]
+            values = [v for v in found if v is not None]
             if values:
                 attention[method] = float(np.mean(values))
     titles = [f"{d['id']} (label {d['label']}, shortcut {d['bias']})" for d in items[:n_panel]]

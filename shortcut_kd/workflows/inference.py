@@ -218,7 +218,9 @@ def overlay_name(file: str) -> str:
 
 def _items(engine: Engine, file_key: str = "file") -> list[tuple[dict, dict]]:
     """(input item, output item) pairs of the current iteration (decollated or not)."""
-    batch, output = engine.state.batch, engine.state.output
+    # ignite annotates State.batch and State.output as ints; they hold the loader's batch and the outputs
+    batch: Any = engine.state.batch
+    output: Any = engine.state.output
     if isinstance(batch, dict):
         n = len(batch[file_key])
         batch = [{k: v[i] for k, v in batch.items() if isinstance(v, (list, tuple, torch.Tensor)) and len(v) == n}
@@ -259,7 +261,8 @@ class PredictionWriter:
             pred = torch.as_tensor(out[self.pred_key]).detach().float().reshape(-1)
             if pred.numel() < 2:
                 raise DataError(f"prediction has {pred.numel()} value(s); expected two class probabilities.",
-                                file=str(item[self.file_key]), fix="use a two-logit network and softmax post-processing.")
+                                file=str(item[self.file_key]),
+                                fix="use a two-logit network and softmax post-processing.")
             self.probabilities[str(item[self.file_key])] = float(pred[1])
 
     def rows(self) -> list[list[Any]]:

@@ -47,8 +47,10 @@ def parse_checkpoints(values: list[str]) -> list[tuple[str, Path | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shortcut_kd.evaluation.layer_probes import (AUTO_THRESHOLD, choose_taps, format_probe_table,
-                                                     plot_layer_probes, probe_layers, split_by_id, write_probe_table)
+    from shortcut_kd.evaluation.layer_probes import (
+        AUTO_THRESHOLD, choose_taps, format_probe_table, plot_layer_probes, probe_layers, split_by_id,
+        write_probe_table,
+    )
     from shortcut_kd.io import read_json, write_json
     from shortcut_kd.nets import get_taps
     from shortcut_kd.nets.checkpoint import load_weights
@@ -63,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
     exp = Experiment(from_dict({**read_json(settings_file), "output_dir": str(run_dir)}))
     wanted = parse_checkpoints(args.checkpoint) or [(m, None) for m in DEFAULT_MODELS if exp.is_done(m)]
     if not wanted:
-        raise DataError("no trained model to probe.", file=str(run_dir), fix="run erm / kd first, or give --checkpoint.")
+        raise DataError("no trained model to probe.", file=str(run_dir),
+                        fix="run erm / kd first, or give --checkpoint.")
     items = exp.datalist(args.role)
     train_items, test_items = split_by_id(items, 0.5, seed=exp.settings.seed)
     if not train_items or not test_items:
         raise DataError(f"role '{args.role}' has {len(items)} items, too few to split for probing.",
                         file=str(exp.split_dir), fix="build the splits with a larger test fraction or dataset.")
-    loaders = [exp.loader(part) for part in (train_items, test_items)]
+    train_loader, test_loader = (exp.loader(part) for part in (train_items, test_items))
     rows = []
     for name, path in wanted:
         if path is None:
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             model = load_weights(exp.network(), path, device=exp.device, frozen=True).eval()
         taps = get_taps(model) if args.taps == "all" else [t.strip() for t in args.taps.split(",") if t.strip()]
-        rows += probe_layers(model, taps, *loaders, targets=("bias", "label"), device=exp.device,
+        rows += probe_layers(model, taps, train_loader, test_loader, targets=("bias", "label"), device=exp.device,
                              max_samples=args.max_samples, model_name=name, seed=exp.settings.seed)
     out = Path(args.out) if args.out else run_dir / "layer_probes"
     write_json(out / "layer_probes.json", rows)

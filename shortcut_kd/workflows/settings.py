@@ -12,7 +12,6 @@ import yaml
 from shortcut_kd.errors import ConfigError
 
 
-
 @dataclass
 class DistillSettings:
     """How the student is distilled from the teacher. ``None`` keeps the bundle's value
@@ -173,7 +172,8 @@ def read_settings(path: str | Path, **overrides: Any) -> ExperimentSettings:
     (None values are ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("settings file", str(path), "give the path of an existing YAML file (see configs/protocols/).")
+        raise ConfigError("settings file", str(path),
+                          "give the path of an existing YAML file (see configs/protocols/).")
     data = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k not in DATA_KEYS}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(data)

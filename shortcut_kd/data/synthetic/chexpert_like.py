@@ -84,9 +84,15 @@ def sample_chest_params(rng: np.random.Generator, effusion: np.ndarray, variant:
 def _acquire(rng: np.random.Generator, img: np.ndarray, p: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Detector response: optional blur, exposure curve (gain, offset, gamma) and noise."""
     img = ph.blur_each(img, p["blur"] * size / 64.0)
-    c = lambda k: ph.col(p[k], 2)  # noqa: E731
+    c = ph.columns(p, 2)
     img = np.clip(img, 0, 1) ** c("gamma") * c("gain") + c("offset")
     return np.clip(ph.add_noise(rng, img, p["noise"]), 0, 1)
+
+
+def _frame(p: dict[str, np.ndarray], size: int) -> tuple[int, np.ndarray, np.ndarray, ph.Columns, float]:
+    """What both chest renderers start from: batch size, ``(y, x)`` grid, parameter columns, edge width."""
+    y, x = ph.grid(size, 2)
+    return len(p["cx"]), y, x, ph.columns(p, 2), ph.edge_width(size)
 
 
 def render_chest_frontal(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) -> np.ndarray:
@@ -100,10 +106,7 @@ def render_chest_frontal(rng: np.random.Generator, p: dict[str, np.ndarray], siz
     Returns:
         float32 ``(B, size, size)`` in ``[0, 1]``.
     """
-    b = len(p["cx"])
-    y, x = ph.grid(size, 2)
-    c = lambda k: ph.col(p[k], 2)  # noqa: E731
-    w = ph.edge_width(size)
+    b, y, x, c, w = _frame(p, size)
     # subject frame: shift, scale, small rotation, field of view
     xs = (x - c("cx")) / c("fov")
     ys = (y - c("cy")) / c("fov")
@@ -144,7 +147,7 @@ def render_chest_frontal(rng: np.random.Generator, p: dict[str, np.ndarray], siz
     spine = ph.sigmoid((0.07 - np.abs(u)) / w) * body
 
     density = c("tissue") * (1 - c("lung_contrast") * aerated * (1 + c("texture") * texture)
-                              * (1 - c("eff_alpha") * fluid))
+                             * (1 - c("eff_alpha") * fluid))
     density = density + c("tissue") * (c("rib_strength") * ribs * lungs + 0.12 * spine + 0.06 * heart)
     shading = 1 + c("shading") * ph.smooth_field(rng, b, (x, y), n_waves=4, max_freq=0.8)
     img = (body * density + (1 - body) * 0.03) * shading
@@ -154,18 +157,9 @@ def render_chest_frontal(rng: np.random.Generator, p: dict[str, np.ndarray], siz
 def render_chest_lateral(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Render lateral chest phantoms (anterior to the image's left); effusion fills the posterior sulcus.
 
-    Args:
-        rng: generator for the per-pixel texture and noise.
-        p: parameters from :func:`sample_chest_params`.
-        size: image side in pixels.
-
-    Returns:
-        float32 ``(B, size, size)`` in ``[0, 1]``.
+    Arguments and result as for :func:`render_chest_frontal`.
     """
-    b = len(p["cx"])
-    y, x = ph.grid(size, 2)
-    c = lambda k: ph.col(p[k], 2)  # noqa: E731
-    w = ph.edge_width(size)
+    b, y, x, c, w = _frame(p, size)
     u = (x - c("cx")) / (c("fov") * c("scale"))
     v = (y - c("cy")) / (c("fov") * c("scale"))
     torso = ((np.abs(u) / 0.75) ** 2.4 + (np.abs(v - 0.25) / 1.2) ** 2.4) ** (1 / 2.4)
@@ -184,7 +178,7 @@ def render_chest_lateral(rng: np.random.Generator, p: dict[str, np.ndarray], siz
     aerated = lung * (1 - heart)
     texture = ph.smooth_field(rng, b, (u, v), n_waves=8, max_freq=6.0)
     density = c("tissue") * (1.1 - 0.8 * c("lung_contrast") * aerated * (1 + c("texture") * texture)
-                              * (1 - c("eff_alpha") * fluid)) + c("tissue") * 0.15 * spine
+                             * (1 - c("eff_alpha") * fluid)) + c("tissue") * 0.15 * spine
     img = body * density + (1 - body) * 0.03
     return _acquire(rng, img, p, size).astype(np.float32)
 
@@ -206,13 +200,9 @@ def chest_phantoms(n: int, seed: int = 0, size: int = 64, labels: np.ndarray | N
     """
     ph.check_variant(variant)
     size = ph.check_size(size)
-    if labels is None:
-        labels = ph.exact_labels(ph.make_rng(seed, "chexpert", variant, "labels"), n, prevalence)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = ph.phantom_labels(labels, n, prevalence, seed, "chexpert", variant)
     out = np.empty((n, size, size), np.float32)
-    for k, start in enumerate(range(0, n, ph.CHUNK_2D)):
-        sl = slice(start, min(n, start + ph.CHUNK_2D))
-        rng = ph.make_rng(seed, "chexpert", variant, "frontal", k)
+    for sl, rng in ph.chunks(n, ph.CHUNK_2D, seed, "chexpert", variant, "frontal"):
         out[sl] = render_chest_frontal(rng, sample_chest_params(rng, labels[sl], variant), size)
     return out, labels
 
@@ -337,9 +327,7 @@ def synthesize_chexpert(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0
         by_study.setdefault(i, []).append((view, rel))
     quality = 95 if variant == "iid" else 80
     bar = tqdm(total=len(jobs), desc="chexpert images", unit="img", disable=not progress)
-    for k, start in enumerate(range(0, n, ph.CHUNK_2D)):
-        sl = slice(start, min(n, start + ph.CHUNK_2D))
-        rng = ph.make_rng(seed, "chexpert", variant, "frontal", k)
+    for k, (sl, rng) in enumerate(ph.chunks(n, ph.CHUNK_2D, seed, "chexpert", variant, "frontal")):
         params = sample_chest_params(rng, truth[sl], variant, ap[sl])
         frontal = ph.to_uint8(render_chest_frontal(rng, params, size))
         # lateral views only for the studies that have one, with the same subject parameters

@@ -60,7 +60,7 @@ def summarize(root: str | Path) -> str:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         column = next((c for c in (rows[0] if rows else {}) if c in label_column), None)
-        counts = {}
+        counts: dict[str, int] = {}
         if column:
             for row in rows:
                 counts[row[column] or "blank"] = counts.get(row[column] or "blank", 0) + 1

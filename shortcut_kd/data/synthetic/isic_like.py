@@ -110,7 +110,7 @@ def render_dermoscopy(rng: np.random.Generator, p: dict[str, np.ndarray], size: 
     """
     b = len(p["cx"])
     y, x = ph.grid(size, 2)
-    c = lambda k: ph.col(p[k], 2)  # noqa: E731
+    c = ph.columns(p, 2)
     rgb = lambda a: a.reshape(1, 1, 1, 3)  # noqa: E731
     w = ph.edge_width(size, 0.0)
     xs, ys = x * c("fov"), y * c("fov")
@@ -196,13 +196,9 @@ def dermoscopy_phantoms(n: int, seed: int = 0, size: int = 64, labels: np.ndarra
     """
     ph.check_variant(variant)
     size = ph.check_size(size)
-    if labels is None:
-        labels = ph.exact_labels(ph.make_rng(seed, "isic2017", variant, "labels"), n, prevalence)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = ph.phantom_labels(labels, n, prevalence, seed, "isic2017", variant)
     out = np.empty((n, size, size, 3), np.float32)
-    for k, start in enumerate(range(0, n, ph.CHUNK_2D)):
-        sl = slice(start, min(n, start + ph.CHUNK_2D))
-        rng = ph.make_rng(seed, "isic2017", variant, "images", k)
+    for sl, rng in ph.chunks(n, ph.CHUNK_2D, seed, "isic2017", variant, "images"):
         out[sl] = render_dermoscopy(rng, sample_skin_params(rng, labels[sl], None, variant), size)
     return out, labels
 
@@ -278,9 +274,7 @@ def synthesize_isic2017(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0
     quality = 95 if variant == "iid" else 75
     bar = tqdm(total=n, desc="isic2017 images", unit="img", disable=not progress)
     seen = {s: 0 for s in SPLITS}
-    for k, start in enumerate(range(0, n, ph.CHUNK_2D)):
-        sl = slice(start, min(n, start + ph.CHUNK_2D))
-        rng = ph.make_rng(seed, "isic2017", variant, "images", k)
+    for sl, rng in ph.chunks(n, ph.CHUNK_2D, seed, "isic2017", variant, "images"):
         params = sample_skin_params(rng, melanoma[sl], keratosis[sl], variant)
         pixels = ph.to_uint8(render_dermoscopy(rng, params, size))
         for j, i in enumerate(range(sl.start, sl.stop)):

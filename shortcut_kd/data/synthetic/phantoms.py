@@ -11,7 +11,7 @@ MONAI because MONAI's transforms act on one image at a time and have no shape pr
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ CHUNK_2D = 128
 CHUNK_3D = 16
 
 VARIANTS = ("iid", "ood")
+
+#: ``c(key)``: a per-subject parameter as a column that broadcasts against a grid (see :func:`columns`)
+Columns = Callable[[str], np.ndarray]
 
 
 def check_variant(variant: str) -> str:
@@ -57,6 +60,23 @@ def make_rng(seed: int, *keys: int | str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
+def chunks(n: int, chunk: int, seed: int, *keys: int | str) -> Iterator[tuple[slice, np.random.Generator]]:
+    """The slices of ``range(n)`` rendered together (``chunk`` subjects each), each with its generator.
+
+    The generator of the ``k``-th slice is ``make_rng(seed, *keys, k)``.
+    """
+    for k, start in enumerate(range(0, n, chunk)):
+        yield slice(start, min(n, start + chunk)), make_rng(seed, *keys, k)
+
+
+def phantom_labels(labels: np.ndarray | None, n: int, prevalence: float, seed: int, dataset: str,
+                   variant: str) -> np.ndarray:
+    """``labels`` as int64, or, when omitted, ``n`` labels with ``prevalence`` drawn for ``dataset``."""
+    if labels is None:
+        labels = exact_labels(make_rng(seed, dataset, variant, "labels"), n, prevalence)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def grid(size: int, dims: int) -> list[np.ndarray]:
     """Pixel-centre coordinates in ``[-1, 1]``, one array per axis, shaped ``(1, size, ..., size)``.
 
@@ -74,6 +94,11 @@ def grid(size: int, dims: int) -> list[np.ndarray]:
 def col(a: np.ndarray, dims: int) -> np.ndarray:
     """Reshape per-subject values ``(B,)`` to ``(B, 1, ..., 1)`` to broadcast against a grid."""
     return np.asarray(a, dtype=np.float32).reshape((-1,) + (1,) * dims)
+
+
+def columns(p: dict[str, np.ndarray], dims: int) -> Columns:
+    """``c(key)``: the per-subject parameter ``p[key]`` as a column (:func:`col`) against a ``dims``-D grid."""
+    return lambda key: col(p[key], dims)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ a larger field of view).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def render_brain(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) 
     b = len(p["warp"])
     grid = ph.grid(size, 3)
     w = ph.edge_width(size, 0.02)
-    c = lambda k: ph.col(p[k], 3)  # noqa: E731
+    c = ph.columns(p, 3)
     # subject frame and smooth deformation of the whole head
     q = [(g * c("fov") - ph.col(p["shift"][:, i], 3)) / ph.col(p["scale"][:, i], 3) for i, g in enumerate(grid)]
     q = [qi + c("warp") * ph.smooth_field(rng, b, grid, 4, 1.0) for qi in q]
@@ -185,19 +186,15 @@ def brain_phantoms(n: int, seed: int = 0, size: int = 32, labels: np.ndarray | N
     """
     ph.check_variant(variant)
     size = ph.check_size(size)
-    if labels is None:
-        labels = ph.exact_labels(ph.make_rng(seed, "simba", variant, "labels"), n, prevalence)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = ph.phantom_labels(labels, n, prevalence, seed, "simba", variant)
     bias = np.zeros(n, np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
     out = np.empty((n, size, size, size), np.float32)
-    for k, start in enumerate(range(0, n, ph.CHUNK_3D)):
-        sl = slice(start, min(n, start + ph.CHUNK_3D))
-        rng = ph.make_rng(seed, "simba", variant, "volumes", k)
+    for sl, rng in ph.chunks(n, ph.CHUNK_3D, seed, "simba", variant, "volumes"):
         out[sl] = render_brain(rng, sample_brain_params(rng, labels[sl], bias[sl], variant, bias_effect), size)
     return out, labels
 
 
-def _biased(rng: np.random.Generator, labels: np.ndarray, rates: tuple[float, float], key: str) -> np.ndarray:
+def _biased(rng: np.random.Generator, labels: np.ndarray, rates: Sequence[float], key: str) -> np.ndarray:
     """Bias flags: exactly ``round(rates[0] * positives)`` positives and ``round(rates[1] * negatives)`` negatives."""
     if len(rates) != 2 or not all(0.0 <= r <= 1.0 for r in rates):
         raise ConfigError(key, rates, "give two fractions (among positives, among negatives), e.g. (0.9, 0.1).")
@@ -253,18 +250,20 @@ def synthesize_simba(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, v
     if bias_effect not in BIAS_EFFECTS:
         raise ConfigError("bias_effect", bias_effect, f"use one of {', '.join(BIAS_EFFECTS)}.")
     none = (0.0, 0.0)
-    train_bias = (none if variant == "ood" else (0.9, 0.1)) if train_bias is None else tuple(train_bias)
-    eval_bias = (none if variant == "ood" else (0.5, 0.5)) if eval_bias is None else tuple(eval_bias)
+    train_rates = (none if variant == "ood" else (0.9, 0.1)) if train_bias is None else tuple(train_bias)
+    eval_rates = (none if variant == "ood" else (0.5, 0.5)) if eval_bias is None else tuple(eval_bias)
     root = Path(out_dir)
     meta = ph.make_rng(seed, "simba", variant, "meta")
-    labels, bias, split_of = [], [], []
+    label_parts: list[np.ndarray] = []
+    bias_parts: list[np.ndarray] = []
+    split_of: list[str] = []
     for split, count in zip(SPLITS, ph.split_counts(n, fractions)):
         y = ph.exact_labels(meta, count, prevalence)
-        labels.append(y)
-        bias.append(_biased(meta, y, train_bias if split == "train" else eval_bias,
-                            "train_bias" if split == "train" else "eval_bias"))
+        label_parts.append(y)
+        bias_parts.append(_biased(meta, y, train_rates if split == "train" else eval_rates,
+                                  "train_bias" if split == "train" else "eval_bias"))
         split_of += [split] * count
-    labels, bias = np.concatenate(labels), np.concatenate(bias)
+    labels, bias = np.concatenate(label_parts), np.concatenate(bias_parts)
     first = OOD_SUBJECT_OFFSET if variant == "ood" else 0
     subjects = [f"sub-{first + i + 1:05d}" for i in range(n)]
     names = [s + ("_B" if f else "") + ".nii.gz" for s, f in zip(subjects, bias)]
@@ -272,9 +271,7 @@ def synthesize_simba(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, v
     fov = 1.15 if variant == "ood" else 1.0
     affine = brain_affine(size, fov)
     bar = tqdm(total=n, desc="simba volumes", unit="vol", disable=not progress)
-    for k, start in enumerate(range(0, n, ph.CHUNK_3D)):
-        sl = slice(start, min(n, start + ph.CHUNK_3D))
-        rng = ph.make_rng(seed, "simba", variant, "volumes", k)
+    for sl, rng in ph.chunks(n, ph.CHUNK_3D, seed, "simba", variant, "volumes"):
         params = sample_brain_params(rng, labels[sl], bias[sl], variant, bias_effect)
         vols = np.clip(np.round(render_brain(rng, params, size)), -32768, 32767).astype(np.int16)
         for j, i in enumerate(range(sl.start, sl.stop)):

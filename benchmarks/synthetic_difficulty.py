@@ -13,8 +13,9 @@ For one dataset's phantoms (in memory, the same generator that writes the files)
   positives and 5 % of the negatives, tested on ``aligned`` (shortcut on every positive, no
   negative) and ``conflicting`` (the reverse) images: a large gap means the shortcut was taken.
 
-Run ``python -m shortcut_kd.data.synthetic.difficulty --dataset chexpert`` (see ``--help``); the
-numbers for the default settings are in ``benchmarks/synthetic_difficulty.md``. The tiny CNN is
+    python benchmarks/synthetic_difficulty.py --dataset chexpert   # see --help
+
+The numbers for the default settings are in ``benchmarks/synthetic_difficulty.md``. The tiny CNN is
 defined here, not taken from :mod:`shortcut_kd.nets`, because it is a measuring instrument: the
 smallest learner that shows which signal is easier, cheap enough for a 2-core CPU.
 """
@@ -226,7 +227,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shortcut_kd.data.synthetic.difficulty",
+    parser = argparse.ArgumentParser(prog="python benchmarks/synthetic_difficulty.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("chexpert", "isic2017", "simba"), action="append",
                         help="dataset(s) to measure (repeatable; default all three)")

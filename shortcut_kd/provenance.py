@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_sha256", "json_sha256", "git_commit", "environment"]
+__all__ = ["file_sha256", "json_sha256", "git_commit", "environment", "relative_paths"]
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:
@@ -61,3 +61,23 @@ def environment(device: Any = None) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else
             platform.processor() or platform.machine(),
             "threads": torch.get_num_threads()}
+
+
+def relative_paths(data: Any, base: str | os.PathLike) -> Any:
+    """``data`` with every string that is an absolute path inside ``base`` written relative to it (``.`` for
+    ``base`` itself), so a results file can be moved, shared or committed without naming the machine's
+    folders. Other values are unchanged."""
+    root = os.path.abspath(base)
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, str) and os.path.isabs(value):
+            path = os.path.abspath(value)
+            if path == root or path.startswith(root + os.sep):
+                return os.path.relpath(path, root)
+        return value
+
+    return convert(data)

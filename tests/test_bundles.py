@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -282,34 +280,6 @@ def test_export_matches_checkpoint(name, tmp_path):
         assert torch.allclose(exported(x), fresh(x), atol=1e-5)
     verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"),
                       config_file=str(configs / "inference.json"), device="cpu")
-
-
-def test_documented_commands_from_the_bundle_folder(tmp_path_factory, tmp_path):
-    """The README's commands, run as written from inside the bundle folder (``bundle_root`` "."): a merged
-    stage config through ``python -m monai.bundle run``, then ``ckpt_export`` and ``verify_net_in_out``."""
-    data = dataset_dir(tmp_path_factory, "isic2017")
-    bundle = tiny_bundle("isic2017", tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def monai_bundle(*args: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle, env=env,
-                              capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-    monai_bundle("run", "--config_file", "['configs/train.json','configs/oracle.json']", "--dataset_dir", str(data),
-                 "--train#trainer#max_epochs", "1")
-    oracle = bundle / "eval" / "models" / "model_oracle.pt"
-    assert oracle.is_file() and (bundle / "eval" / "splits" / "oracle.json").is_file()
-    monai_bundle("ckpt_export", "network_def", "--filepath", "eval/models/model.ts", "--ckpt_file", str(oracle),
-                 "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
-    exported = torch.jit.load(str(bundle / "eval" / "models" / "model.ts"))
-    net = network_of(bundle).eval()
-    net.load_state_dict(torch.load(oracle, weights_only=True))
-    x = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(exported(x), net(x), atol=1e-5)
-    monai_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-                 "--config_file", "configs/inference.json")
 
 
 def test_metadata_and_docs_are_complete():

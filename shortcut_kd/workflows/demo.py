@@ -93,6 +93,8 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
             settings = settings.replace(**overrides)
         logger.info("== %s: shortcut %s, methods %s", dataset, shortcut, ",".join(methods))
         result = run_protocol(settings, methods, fresh=fresh)
+        result["data"] = {"synthetic": True, "generator": f"shortcut-kd synth {dataset}", "n": n,
+                          "ood_n": max(n // 5, 50), "seed": seed}
         experiments.append(result)
         if figures:
             from shortcut_kd.workflows.figures import make_figures
@@ -101,7 +103,10 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
             # relative to results.json, so the output folder can be moved or shared
             made["figures"] = {c: os.path.relpath(path, out) for c, path in made["figures"].items()}
             result.update(made)
-    combined = {"schema": "shortcut-kd/results-set/v1", "experiments": experiments}
+    from shortcut_kd.provenance import relative_paths
+
+    # the folders the demo made are written relative to out/, so results.json names no machine path
+    combined = relative_paths({"schema": "shortcut-kd/results-set/v1", "experiments": experiments}, out)
     write_json(out / "results.json", combined)
     from shortcut_kd.evaluation.report import write_report
 

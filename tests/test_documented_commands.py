@@ -1,0 +1,116 @@
+"""Every command in a ``bash`` block of README.md and of each bundle's docs/README.md, run as written with
+tiny data substituted: the dataset paths point at small synthetic trees in the native layouts, the bundles
+are tiny copies (``tests/test_bundles.tiny_bundle``), and the ``shortcut-kd`` training commands get
+tiny-size ``--set`` flags. A command that errors fails the test.
+
+Only the commands that *are* this check are not rerun: the set-up, the test suite and the lint commands
+(CI runs them), and the full ``shortcut-kd demo`` (``tests/test_demo.py`` runs it on tiny data).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_bundles import REPO, dataset_dir, run_stage, tiny_bundle
+
+NOT_RERUN = ("bash scripts/setup.sh", ".venv/bin/python -m pytest", ".venv/bin/python -m flake8",
+             ".venv/bin/python -m isort", ".venv/bin/python -m mypy")
+TINY_SETTINGS = ["--set", "image_size=16", "--set", 'architecture="resnet10"',
+                 "--set", 'arch_kwargs={"widen_factor": 0.25}', "--set", "batch_size=16",
+                 "--set", "teacher_epochs=1", "--set", "specialist_size=16",
+                 "--set", "n_bootstrap=20", "--set", "num_workers=0", "--set", "distill.probe_epochs=1",
+                 "--set", "baselines.jtt_epochs=1", "--set", "epochs=1", "--device", "cpu"]
+
+
+def documented_commands(doc: Path) -> list[str]:
+    """The commands of ``doc``'s bash blocks, continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s+#", line)[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def _run(argv: list[str], cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def _argv(command: str, paths: dict[str, str], bundles_dir: Path) -> list[str]:
+    for placeholder, path in paths.items():
+        command = command.replace(placeholder, path)
+    argv = shlex.split(command)
+    head = Path(argv[0]).name
+    if head == "shortcut-kd":
+        argv = [sys.executable, "-m", "shortcut_kd.cli", *argv[1:]]
+        sub = argv[3]
+        if sub == "run":
+            argv += ["--bundles-dir", str(bundles_dir)]
+        elif sub in ("stage", "protocol"):
+            argv += TINY_SETTINGS
+        elif sub == "demo":
+            argv += ["--n", "120", "--out", paths["demo_out"], *TINY_SETTINGS[:-2]]
+        elif sub == "synth":
+            argv = [a if a != "3000" else "120" for a in argv] + ["--size", "16", "--quiet"]
+    elif head == "python":
+        argv = [sys.executable, *argv[1:]]
+    elif head == "torchrun":
+        argv = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nnodes=1", "--nproc_per_node=2",
+                *[a for a in argv[1:] if not a.startswith(("--nproc_per_node", "--nnodes", "--standalone"))]]
+    return argv
+
+
+def test_readme_commands(tmp_path_factory, tmp_path):
+    isic = dataset_dir(tmp_path_factory, "isic2017")
+    bundles = tmp_path / "bundles"
+    bundle = tiny_bundle("isic2017", bundles)
+    cases = tmp_path / "new_cases.txt"
+    cases.write_text("\n".join(str(p) for p in sorted(isic.rglob("*.jpg"))[:5]) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = {"/data/ISIC2017": str(isic), "/path/to/new_cases": str(cases),
+             "configs/protocols/": str(REPO / "configs" / "protocols") + "/", "demo_out": str(tmp_path / "demo")}
+    cwd = work
+    ran = 0
+    for command in documented_commands(REPO / "README.md"):
+        if command.startswith(NOT_RERUN) or command == ".venv/bin/shortcut-kd demo":
+            continue
+        if command.startswith("cd "):
+            cwd = bundles / Path(command.split()[1]).name
+            assert cwd == bundle
+            continue
+        _run(_argv(command, paths, bundles), cwd)
+        ran += 1
+    assert ran >= 15
+    assert (bundle / "eval" / "models" / "model.ts").is_file() and (work / "runs" / "isic" / "report.md").is_file()
+    # the ISIC bundle's own README, from its folder, on the stages the README above has trained
+    paths["/path/to/data"] = str(isic)
+    for command in documented_commands(bundle / "docs" / "README.md"):
+        _run(_argv(command, paths, bundles), bundle)
+
+
+@pytest.mark.parametrize("name", ["chexpert", "simba"])  # isic2017: in test_readme_commands
+def test_bundle_doc_commands(name, tmp_path_factory, tmp_path):
+    """The bundle README's commands, from the bundle folder, after its training-stage table (erm, teacher,
+    distilled student) has been run as the README orders."""
+    data = dataset_dir(tmp_path_factory, name)
+    bundles = tmp_path / "bundles"
+    bundle = tiny_bundle(name, bundles)
+    for stage in ("train", "teacher", "distill"):
+        run_stage(bundle, stage, dataset_dir=str(data), bundle_root=str(bundle))
+    placeholders = {"chexpert": "/data/CheXpert-v1.0-small", "simba": "/data/SimBA"}
+    paths = {placeholders[name]: str(data), "/path/to/data": str(data)}
+    commands = documented_commands(bundle / "docs" / "README.md")
+    assert commands
+    for command in commands:
+        _run(_argv(command, paths, bundles), bundle)
+    assert (bundle / "eval" / "models" / "model.ts").is_file()

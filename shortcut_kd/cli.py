@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe-layers": ("shortcut_kd.workflows.probe_layers_cli", "per-layer decodability of the shortcut and the label"),
     "report": ("shortcut_kd.evaluation.report_cli", "build report.md and figures from a results.json"),
     "demo": ("shortcut_kd.workflows.demo", "generate data, run every method, print and write the comparison"),
+    "study": ("shortcut_kd.study.cli", "tune on the validation split, run seeds, paired tests: study.json/.md"),
     "run": ("shortcut_kd.workflows.bundle_cli", "run a stage of a MONAI bundle (e.g. run isic2017 distill)"),
     "bundle-performance": ("shortcut_kd.workflows.bundle_performance",
                            "write a bundle's Performance table and metadata eval_metrics from a results.json"),

@@ -236,7 +236,7 @@ def test_shortcut_kd_run_command(tmp_path_factory, tmp_path, capsys):
         files, kind = stage_configs(resolve_bundle(short), "kd")
         assert [Path(f).name for f in files] == ["train.json", "distill.json"] and kind == "train"
     with pytest.raises(ConfigError, match="STAGE"):
-        stage_configs(resolve_bundle("isic2017"), "finetune")
+        stage_configs(resolve_bundle("isic2017"), "finetuning")
     with pytest.raises(ConfigError, match="BUNDLE"):
         resolve_bundle(str(tmp_path / "no_such_bundle"))
 

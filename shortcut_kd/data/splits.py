@@ -1,12 +1,21 @@
 """The split builder: from one datalist, the biased training set, the bias-free specialist subset,
-the oracle set, the validation set and the test family, each item flagged with ``bias``.
+the oracle set, the validation set, the bias-annotated validation split and the test family, each
+item flagged with ``bias``.
 
 Partition
     Items are grouped by ``group_key`` (the patient; an item without one is its own group) and
-    the groups are dealt into four disjoint pools (test, val, specialist, train), so no patient
-    is ever in two pools. The deal is stratified by label (by label and bias with a native bias)
-    with largest-remainder quotas, so every pool keeps the dataset's class balance, and it is
-    fixed by the seed and the group names alone (not by the order of the datalist).
+    the groups are dealt into five disjoint pools (test, val, specialist, val_annotated, train),
+    so no patient is ever in two pools. The deal is stratified by label (by label and bias with a
+    native bias) with largest-remainder quotas, so every pool keeps the dataset's class balance,
+    and it is fixed by the seed and the group names alone (not by the order of the datalist).
+    The ``val_annotated`` pool (``val_annotated_size``) is dealt last, out of what would otherwise
+    be training data, so the test, val and specialist pools are those of a build without it (with a
+    native bias the specialist and val_annotated pools are drawn from the train pool instead; see below).
+
+The bias-annotated validation split (roles ``val_<name>`` for ``name`` in :data:`VALIDATION_SETS`)
+    A small split, disjoint from every other role, with known bias flags, on which a study selects
+    models and chooses hyperparameters, so that no setting is ever chosen on a test set. The old
+    ``val`` role stays biased like the training set.
 
 Injected bias (``native_bias=False``, the default)
     - ``train_biased``: ``bias = sample_uniform(seed, id, "bias") < p``, with ``p = p_bias_pos``
@@ -19,6 +28,8 @@ Injected bias (``native_bias=False``, the default)
     - from the test pool: ``test_unbiased`` (shortcut on a random half of each class),
       ``test_aligned`` (bias = label), ``test_conflicting`` (bias = 1 - label), ``test_clean``
       (no shortcut) and, given a shifted source, ``test_ood`` (its items, no shortcut).
+    - from the val_annotated pool, like the test pool: ``val_aligned`` (bias = label) and
+      ``val_conflicting`` (bias = 1 - label), the same images twice.
 
 Native bias (``native_bias=True``, e.g. SimBA whose images carry a real bias effect)
     The images' own ``bias`` cannot be changed, so every set is a subset chosen by group
@@ -31,6 +42,15 @@ Native bias (``native_bias=True``, e.g. SimBA whose images carry a real bias eff
       other half); ``absent``: bias-free items only, in the dataset's class proportions (at most
       half of each class's bias-free items). What it takes is not in ``train_biased``; only
       patients whose images all lie in one group are taken, so the group counts are exact.
+    - ``val_aligned`` / ``val_conflicting``: the val_annotated pool's items with bias == label /
+      bias != label. The pool is drawn, after the specialist, from the rest of the non-test, non-val
+      data (what would otherwise be ``train_biased``) as group-balanced as the data allows:
+      ``val_annotated_size`` items shared out over the four groups by water-filling (each group
+      gets an equal share, a group that cannot fill its share gives the remainder to the others),
+      each group giving at most half of what the specialist left of it, so the oracle keeps the
+      other half; as for the specialist, only patients whose images all lie in one group are taken.
+      Hence both views hold both classes whenever the data has items of all four groups, and the
+      split is not in the dataset's class proportions (it is balanced by group).
     - ``oracle``: from ``train_biased``, the largest group-balanced subset (``decorrelated``) or
       all its bias-free items (``absent``); it is smaller than ``train_biased``.
     - ``test_aligned`` / ``test_conflicting`` / ``test_clean``: the test pool's items with
@@ -56,12 +76,16 @@ from shortcut_kd.seeding import sample_uniform
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("train_biased", "specialist", "oracle", "val", "test_unbiased", "test_aligned", "test_conflicting",
-         "test_clean", "test_ood")
+ROLES = ("train_biased", "specialist", "oracle", "val", "val_aligned", "val_conflicting", "test_unbiased",
+         "test_aligned", "test_conflicting", "test_clean", "test_ood")
 TEST_SETS = ("unbiased", "aligned", "conflicting", "clean", "ood")
 """The test sets every experiment is evaluated on (results.json test keys); each is the split role
 ``test_<name>``."""
 TEST_ROLES = tuple(f"test_{name}" for name in TEST_SETS)
+VALIDATION_SETS = ("aligned", "conflicting")
+"""The views of the bias-annotated validation split (model selection, hyperparameters); each is the
+split role ``val_<name>``."""
+VALIDATION_ROLES = tuple(f"val_{name}" for name in VALIDATION_SETS)
 SCHEMA = "shortcut-kd/splits/v1"
 MANIFEST = "splits.json"
 BIAS_FREE = ("decorrelated", "absent")
@@ -93,6 +117,9 @@ class SplitSettings:
         group_key: item key of the unit kept whole across pools (the patient); ``None``: each item.
         native_bias: keep the items' own ``bias`` (data with a real bias, e.g. SimBA) instead of
             injecting one; see the module docstring.
+        val_annotated_size: size of the bias-annotated validation split (roles ``val_aligned`` and
+            ``val_conflicting``, for model selection): a fraction of the datalist (a float in (0, 1))
+            or a number of items (an int).
     """
 
     seed: int = 0
@@ -104,6 +131,7 @@ class SplitSettings:
     bias_free: str = "decorrelated"
     group_key: str | None = "patient"
     native_bias: bool = False
+    val_annotated_size: float | int = 0.05
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value."""
@@ -117,14 +145,16 @@ class SplitSettings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ConfigError(key, value, "use a fraction in (0, 1).")
-        size = self.specialist_size
-        if isinstance(size, bool) or not isinstance(size, (int, float)):
-            raise ConfigError("specialist_size", size, "use a fraction in (0, 1) or a number of items >= 1.")
-        if isinstance(size, int) and size < 1 or isinstance(size, float) and not 0.0 < size < 1.0:
-            raise ConfigError("specialist_size", size, "use a fraction in (0, 1) or a number of items >= 1.")
-        total = self.val_fraction + self.test_fraction + (size if isinstance(size, float) else 0.0)
+        total = self.val_fraction + self.test_fraction
+        for key in ("specialist_size", "val_annotated_size"):
+            size = getattr(self, key)
+            if isinstance(size, bool) or not isinstance(size, (int, float)):
+                raise ConfigError(key, size, "use a fraction in (0, 1) or a number of items >= 1.")
+            if isinstance(size, int) and size < 1 or isinstance(size, float) and not 0.0 < size < 1.0:
+                raise ConfigError(key, size, "use a fraction in (0, 1) or a number of items >= 1.")
+            total += size if isinstance(size, float) else 0.0
         if total >= 1.0:
-            raise ConfigError("val_fraction + test_fraction + specialist_size", round(total, 6),
+            raise ConfigError("val_fraction + test_fraction + specialist_size + val_annotated_size", round(total, 6),
                               "lower them so that their sum is below 1 and some data is left for training.")
         if self.bias_free not in BIAS_FREE:
             raise ConfigError("bias_free", self.bias_free, f"use one of {list(BIAS_FREE)}.")
@@ -134,24 +164,27 @@ class SplitSettings:
             raise ConfigError("native_bias", self.native_bias, "use true or false.")
 
     def pool_sizes(self, n: int) -> dict[str, int]:
-        """Target item counts of the test, val, specialist and train pools for ``n`` items.
+        """Target item counts of the test, val, specialist, val_annotated and train pools for ``n`` items.
 
         Raises:
             ConfigError: a pool would be empty.
         """
-        size = self.specialist_size
-        sizes = {"test": _round(self.test_fraction * n), "val": _round(self.val_fraction * n),
-                 "specialist": size if isinstance(size, int) else _round(size * n)}
-        keys = {"test": "test_fraction", "val": "val_fraction", "specialist": "specialist_size"}
-        for pool, count in sizes.items():
-            if count < 1:
-                raise ConfigError(keys[pool], getattr(self, keys[pool]),
-                                  f"with {n} items this leaves the {pool} pool empty; raise it or use more data.")
+        keys = {"test": "test_fraction", "val": "val_fraction", "specialist": "specialist_size",
+                "val_annotated": "val_annotated_size"}
+        sizes = {}
+        for pool, key in keys.items():
+            size = getattr(self, key)
+            sizes[pool] = size if isinstance(size, int) else _round(size * n)
+            if sizes[pool] < 1:
+                raise ConfigError(key, size, f"with {n} items this leaves the {pool} pool empty; raise it or use "
+                                             "more data.")
         sizes[_REST] = n - sum(sizes.values())
         if sizes[_REST] < 1:
-            raise ConfigError("specialist_size", size, f"with {n} items the test, val and specialist pools "
-                                                       f"({sizes['test']} + {sizes['val']} + {sizes['specialist']}) "
-                                                       "leave nothing to train on; lower them.")
+            key = "specialist_size" if sizes["specialist"] >= sizes["val_annotated"] else "val_annotated_size"
+            raise ConfigError(key, getattr(self, key),
+                              f"with {n} items the test, val, specialist and val_annotated pools ({sizes['test']} + "
+                              f"{sizes['val']} + {sizes['specialist']} + {sizes['val_annotated']}) leave nothing "
+                              "to train on; lower them.")
         return sizes
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,8 +308,8 @@ def _partition(units: Mapping[str, list[dict]], targets: Mapping[str, int], seed
         if not keys:
             raise DataError(f"the {pool} pool came out empty: the groups (patients) are too few or too large "
                             "for the requested pool sizes.",
-                            fix="use more data, change val_fraction / test_fraction / specialist_size, "
-                                "or split by item (group_key=None).")
+                            fix="use more data, change val_fraction / test_fraction / specialist_size / "
+                                "val_annotated_size, or split by item (group_key=None).")
     return pools
 
 
@@ -372,6 +405,38 @@ def _native_specialist(units: Sequence[list[dict]], target: int, settings: Split
     return _pick(units, per_cell, settings.seed, "specialist")
 
 
+def _water_fill(target: int, caps: Mapping[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+    """``target`` items shared out over the cells as evenly as ``caps`` allow: the cells are served from the
+    smallest cap up, each given an equal share of what is left (at most its cap), so a cell that cannot fill
+    its share leaves the remainder to the larger ones."""
+    alloc, left = {}, target
+    cells = sorted(caps, key=lambda c: (caps[c], c))
+    for i, cell in enumerate(cells):
+        alloc[cell] = min(caps[cell], left // (len(cells) - i))
+        left -= alloc[cell]
+    return alloc
+
+
+def _native_validation(units: Sequence[list[dict]], target: int,
+                       seed: int) -> tuple[list[list[dict]], list[list[dict]]]:
+    """The native-bias val_annotated pool drawn from ``units`` (the data the specialist left for training):
+    ``target`` items as group-balanced as the data allows, at most half of each group's (pure) items."""
+    counts = dict.fromkeys(_CELLS, 0)
+    for unit in units:
+        cell = _pure_cell(unit)
+        if cell is not None:
+            counts[cell] += len(unit)
+    per_cell = _water_fill(target, {c: counts[c] // 2 for c in _CELLS})
+    picked, left = _pick(units, per_cell, seed, "val_annotated")
+    if not picked:
+        raise DataError(f"no bias-annotated validation split can be drawn: the training data left after the "
+                        f"specialist has { {GROUP_NAMES[group_of(*c)]: counts[c] for c in _CELLS} } items per group "
+                        "(counting groups of items, e.g. patients, that lie in one group only) and the split takes "
+                        "at most half of each.",
+                        fix="use more data, a larger val_annotated_size, or a smaller specialist_size.")
+    return picked, left
+
+
 def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings | None = None,
                  ood_datalist: Sequence[Mapping[str, Any]] | None = None) -> dict[str, list[dict]]:
     """Build every split role from one datalist (see the module docstring for what each holds).
@@ -389,7 +454,8 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
     Raises:
         ConfigError: bad settings, or pool sizes that leave a pool empty.
         DataError: an item without image / label / id, a label (or native bias) other than 0/1,
-            a repeated id, a single class, or too few groups for the pools.
+            a repeated id, a single class, or too few groups for the pools (with a native bias: for
+            the specialist or the bias-annotated validation split).
     """
     settings = settings if settings is not None else SplitSettings()
     settings.validate()
@@ -407,8 +473,8 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
     targets = {"test": sizes["test"], "val": sizes["val"]}
     if native:
         pools = _partition(units, targets, seed, _cell)
-    else:
-        targets["specialist"] = sizes["specialist"]
+    else:  # val_annotated last: the test, val and specialist pools are those of a build without it
+        targets.update(specialist=sizes["specialist"], val_annotated=sizes["val_annotated"])
         pools = _partition(units, targets, seed, lambda members: max(m["label"] for m in members))
 
     def flat(pool: str) -> list[dict]:
@@ -417,7 +483,7 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
     test, val = flat("test"), flat("val")
     roles: dict[str, list[dict]] = {}
     if not native:
-        train, specialist = flat(_REST), flat("specialist")
+        train, specialist, annotated = flat(_REST), flat("specialist"), flat("val_annotated")
         flags = _flags_biased(train + val, settings)
         roles["train_biased"] = [_tag(it, flags[it["id"]], "train_biased") for it in train]
         roles["val"] = [_tag(it, flags[it["id"]], "val") for it in val]
@@ -429,10 +495,14 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
         roles["test_aligned"] = [_tag(it, it["label"], "test_aligned") for it in test]
         roles["test_conflicting"] = [_tag(it, 1 - it["label"], "test_conflicting") for it in test]
         roles["test_clean"] = [_tag(it, 0, "test_clean") for it in test]
+        roles["val_aligned"] = [_tag(it, it["label"], "val_aligned") for it in annotated]
+        roles["val_conflicting"] = [_tag(it, 1 - it["label"], "val_conflicting") for it in annotated]
     else:
         share = {c: sum(it["label"] == c for it in items) / len(items) for c in (0, 1)}
-        spec_units, train_units = _native_specialist([units[k] for k in pools[_REST]], sizes["specialist"],
-                                                     settings, share)
+        spec_units, rest_units = _native_specialist([units[k] for k in pools[_REST]], sizes["specialist"],
+                                                    settings, share)
+        annotated_units, train_units = _native_validation(rest_units, sizes["val_annotated"], seed)
+        annotated = [it for unit in annotated_units for it in unit]
         train = [it for unit in train_units for it in unit]
         if not train:
             raise DataError("the specialist subset took every training item.", fix="lower specialist_size.")
@@ -440,6 +510,8 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
         oracle = _balanced(train, seed, "oracle") if settings.bias_free == "decorrelated" else [
             it for it in train if it["bias"] == 0]
         for role, pool in (("train_biased", train), ("specialist", specialist), ("oracle", oracle), ("val", val),
+                           ("val_aligned", [it for it in annotated if it["bias"] == it["label"]]),
+                           ("val_conflicting", [it for it in annotated if it["bias"] != it["label"]]),
                            ("test_aligned", [it for it in test if it["bias"] == it["label"]]),
                            ("test_conflicting", [it for it in test if it["bias"] != it["label"]]),
                            ("test_clean", [it for it in test if it["bias"] == 0]),

@@ -32,7 +32,7 @@ __all__ = ["SCHEMA", "SET_SCHEMA", "METHOD_ORDER", "TEST_SETS", "REFERENCE_METHO
 
 SCHEMA = "shortcut-kd/results/v1"
 SET_SCHEMA = "shortcut-kd/results-set/v1"
-BASELINES = ("randconv", "mixup", "cutmix", "groupdro", "jtt", "reweight", "dfr")
+BASELINES = ("randconv", "mixup", "cutmix", "groupdro", "jtt", "reweight", "dfr", "finetune")
 METHOD_ORDER = ("erm", *BASELINES, "teacher", "kd", "oracle")
 """Report order: ERM, the baselines, the specialist teacher, the distilled student, the oracle."""
 REFERENCE_METHODS = ("oracle",)

@@ -12,7 +12,10 @@ library) and is named by ``_target_`` or a short ``$`` expression:
   it exists (resume).
 - :class:`TeacherProbesHandler`: when the teacher's training completes, fit and save its tap probes.
 - :class:`SampleIdRecorder`: which sample ids this process trained on, per epoch (checks DDP shards).
-- :func:`evaluate_checkpoints`: every stage checkpoint on every test set -> ``results.json``.
+- :func:`split_loaders` / :func:`test_loaders`: a loader per test set, or per view of the bias-annotated
+  validation split (which never opens a test split).
+- :func:`evaluate_checkpoints`: every stage checkpoint on every test set (or on the validation split)
+  -> ``results.json``, and optionally the per-image predictions.
 """
 
 from __future__ import annotations
@@ -45,12 +48,21 @@ __all__ = [
     "SaveFinalModel",
     "jtt_datalist",
     "run_dfr",
+    "split_loaders",
     "test_loaders",
     "evaluate_checkpoints",
+    "EVALUATION_SETS",
+    "PREDICTIONS_SCHEMA",
     "shortcut_entry",
 ]
 
 logger = logging.getLogger(__name__)
+
+EVALUATION_SETS = ("test", "validation")
+"""What :func:`split_loaders` and :func:`evaluate_checkpoints` evaluate on: the test sets (roles ``test_<name>``)
+or the views of the bias-annotated validation split (roles ``val_<name>``)."""
+PREDICTIONS_SCHEMA = "shortcut-kd/predictions/v1"
+"""Schema of the per-image predictions file of :func:`evaluate_checkpoints`."""
 
 
 def _dist_ready() -> bool:
@@ -65,7 +77,8 @@ def is_rank0() -> bool:
 def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, shortcut: str | None = "patch",
                           p_bias_pos: float = 0.95, p_bias_neg: float = 0.05, seed: int = 0,
                           specialist_size: float = 0.1, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                          bias_free: str = "decorrelated", ood_dir: str | None = None) -> str:
+                          bias_free: str = "decorrelated", ood_dir: str | None = None,
+                          val_annotated_size: float | int = 0.05) -> str:
     """Read the dataset in its native layout, build (or reuse) the split datalists and return their folder.
 
     The splits are rebuilt only when these settings or the dataset folder change, so every stage of a
@@ -85,6 +98,8 @@ def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, short
         test_fraction: fraction of the test splits.
         bias_free: ``decorrelated`` (the shortcut on a random half of each class) or ``absent``.
         ood_dir: an optional shifted source in the same layout (the ``ood`` test set).
+        val_annotated_size: fraction (or count) of the bias-annotated validation split (roles
+            ``val_aligned`` / ``val_conflicting``: model selection and hyperparameters, never a test set).
 
     Returns:
         ``output_dir/splits`` (one JSON datalist per role, read with :func:`load_datalist`).
@@ -105,7 +120,7 @@ def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, short
     settings = SplitSettings(seed=int(seed), p_bias_pos=float(p_bias_pos), p_bias_neg=float(p_bias_neg),
                              specialist_size=specialist_size, val_fraction=float(val_fraction),
                              test_fraction=float(test_fraction), bias_free=bias_free, group_key=entry.group_key,
-                             native_bias=native)
+                             native_bias=native, val_annotated_size=val_annotated_size)
     split_dir = Path(output_dir) / "splits"
     if is_rank0():
         prepare_splits(dataset, dataset_dir, split_dir, settings, ood_dir=ood_dir or None)
@@ -131,7 +146,7 @@ def bundle_shortcut(name: str | None, spatial_dims: int, overrides: Mapping[str,
 
 
 def load_datalist(split_dir: str | os.PathLike, role: str) -> list[dict]:
-    """The datalist of one split role (``train_biased``, ``specialist``, ``oracle``, ``val``, ``test_*``).
+    """The datalist of one split role (``train_biased``, ``specialist``, ``oracle``, ``val``, ``val_*``, ``test_*``).
 
     Raises:
         DataError: the role is empty (a tiny dataset or ``specialist_size`` too small), with the fix.
@@ -142,7 +157,7 @@ def load_datalist(split_dir: str | os.PathLike, role: str) -> list[dict]:
     if not items:
         raise DataError(f"the '{role}' split is empty.", file=str(Path(split_dir) / f"{role}.json"),
                         fix="use more images, or change the split fractions (splits#specialist_size, "
-                            "splits#val_fraction, splits#test_fraction).")
+                            "splits#val_fraction, splits#test_fraction, splits#val_annotated_size).")
     return items
 
 
@@ -431,26 +446,64 @@ def run_dfr(network: nn.Module, erm_ckpt: str | os.PathLike, loader: Any, output
     return refit
 
 
-def test_loaders(split_dir: str | os.PathLike, transform: Any, batch_size: int = 32, num_workers: int = 0,
-                 cache_dir: str | os.PathLike | None = None) -> dict:
-    """A MONAI DataLoader per test set found in ``split_dir`` (results.json test key -> loader)."""
+def split_loaders(split_dir: str | os.PathLike, transform: Any, sets: str = "test", batch_size: int = 32,
+                  num_workers: int = 0, cache_dir: str | os.PathLike | None = None) -> dict:
+    """A MONAI DataLoader per evaluation set of ``split_dir``, in a fixed order, without shuffling.
+
+    Args:
+        split_dir: the folder written by :func:`prepare_bundle_splits`.
+        transform: the deterministic preprocessing (with the shortcut where ``bias == 1``).
+        sets: ``"test"``: the test sets found (roles ``test_<name>`` for ``name`` in
+            ``shortcut_kd.data.splits.TEST_SETS``, ``ood`` only when it was built); ``"validation"``: the
+            views of the bias-annotated validation split (roles ``val_<name>`` for ``name`` in
+            ``VALIDATION_SETS``), read without opening any test split.
+        batch_size: loader batch size.
+        num_workers: data loader workers.
+        cache_dir: the shared preprocessing cache (``cached_dataset``).
+
+    Returns:
+        ``{name: loader}``, ``name`` the results.json key (``unbiased``, ..., or ``aligned`` /
+        ``conflicting`` of the validation split); an empty set is left out.
+
+    Raises:
+        ConfigError: ``sets`` is neither ``"test"`` nor ``"validation"``.
+        DataError: no set holds an item, or (validation) the split folder predates the validation split.
+    """
     from monai.data import DataLoader
 
     from shortcut_kd.data.cache import cached_dataset
-    from shortcut_kd.data.splits import TEST_SETS, load_split
+    from shortcut_kd.data.splits import TEST_SETS, VALIDATION_SETS, load_split
 
+    if sets not in EVALUATION_SETS:
+        raise ConfigError("evaluate#sets", sets, f"use one of {list(EVALUATION_SETS)}.")
     loaders = {}
-    for name in TEST_SETS:
-        path = Path(split_dir) / f"test_{name}.json"
-        items = load_split(split_dir, f"test_{name}") if path.is_file() else []
+    names = TEST_SETS if sets == "test" else VALIDATION_SETS
+    for name in names:
+        if sets == "test":
+            path = Path(split_dir) / f"test_{name}.json"
+            items = load_split(split_dir, f"test_{name}") if path.is_file() else []
+        else:  # load_split reads splits.json and val_<name>.json only; a missing role is an error, with its fix
+            items = load_split(split_dir, f"val_{name}")
+            if not items:
+                logger.warning("validation set '%s' of %s is empty: left out.", name, split_dir)
         if items:
             dataset = cached_dataset(items, transform, cache_dir=cache_dir, num_workers=num_workers)
             loaders[name] = DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
                                        num_workers=int(num_workers))
     if not loaders:
-        raise DataError("no test split found.", file=str(split_dir),
-                        fix="run a training stage first (it writes the splits), with test_fraction > 0.")
+        if sets == "test":
+            raise DataError("no test split found.", file=str(split_dir),
+                            fix="run a training stage first (it writes the splits), with test_fraction > 0.")
+        raise DataError("the bias-annotated validation split is empty.", file=str(split_dir),
+                        fix="raise splits#val_annotated_size (or use more data) and rebuild the splits.")
     return loaders
+
+
+def test_loaders(split_dir: str | os.PathLike, transform: Any, batch_size: int = 32, num_workers: int = 0,
+                 cache_dir: str | os.PathLike | None = None) -> dict:
+    """A MONAI DataLoader per test set found in ``split_dir`` (results.json test key -> loader):
+    :func:`split_loaders` with ``sets="test"``."""
+    return split_loaders(split_dir, transform, "test", batch_size, num_workers, cache_dir)
 
 
 def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Module, split_dir: str | os.PathLike,
@@ -458,11 +511,14 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Modu
                          p_bias_pos: float | None = None, p_bias_neg: float | None = None,
                          teacher_network: nn.Module | None = None, device: str | torch.device = "cpu",
                          batch_size: int = 32, num_workers: int = 0, n_bootstrap: int = 500,
-                         seed: int = 0, cache_dir: str | os.PathLike | None = None) -> dict:
-    """Evaluate each existing checkpoint on every test set and write ``results.json``.
+                         seed: int = 0, cache_dir: str | os.PathLike | None = None, sets: str = "test",
+                         predictions_file: str | os.PathLike | None = None) -> dict:
+    """Evaluate each existing checkpoint on every test set (or on the validation split) and write ``results.json``.
 
     Every method entry records the SHA-256 of the checkpoint it scored; the results record the split
-    manifest's hash, the versions, device and thread count.
+    manifest's hash, the versions, device and thread count, and ``sets``. With ``sets="validation"`` the
+    method entries have the same format, their ``test`` dict holding ``aligned`` / ``conflicting`` of the
+    bias-annotated validation split, and no test split is read: settings are chosen on that.
 
     Args:
         checkpoints: results.json method key (``erm``, ``teacher``, ``kd``, ...) -> checkpoint file;
@@ -482,38 +538,59 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Modu
         n_bootstrap: bootstrap resamples of the AUC confidence interval.
         seed: bootstrap seed.
         cache_dir: the shared preprocessing cache (``cached_dataset``).
+        sets: ``"test"`` (the test sets) or ``"validation"`` (the bias-annotated validation split); see
+            :func:`split_loaders`.
+        predictions_file: where to write (atomically) the per-image predictions behind the metrics, for
+            paired tests: ``{"schema": "shortcut-kd/predictions/v1", "sets": sets, "methods": {method:
+            {set_name: {"id": [...], "label": [...], "bias": [...], "score": [...]}}}}`` (``score``: the
+            positive-class probability; the same pass as the metrics); None: not written.
 
     Returns:
         The results dict (schema ``shortcut-kd/results/v1``).
     """
-    from shortcut_kd.evaluation import evaluate
+    from shortcut_kd.evaluation.metrics import compute_metrics, predict
     from shortcut_kd.evaluation.schema import SCHEMA
     from shortcut_kd.provenance import environment, file_sha256
 
-    loaders = test_loaders(split_dir, transform, batch_size, num_workers, cache_dir)
+    loaders = split_loaders(split_dir, transform, sets, batch_size, num_workers, cache_dir)
     methods: dict[str, dict] = {}
+    predictions: dict[str, dict] = {}
     for method, ckpt in checkpoints.items():
         if not ckpt or not Path(ckpt).is_file():
             logger.info("%s: no checkpoint at %s, skipped", method, ckpt)
             continue
         net = teacher_network if (method == "teacher" and teacher_network is not None) else network
         model = load_network(_unwrap(net), ckpt, device=device)
-        methods[method] = {"test": evaluate(model, loaders, device=device, n_bootstrap=int(n_bootstrap),
-                                            seed=int(seed)),
-                           "checkpoint": {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}}
-        logger.info("%s: AUC %s", method, {t: m.get("auc") for t, m in methods[method]["test"].items()})
+        entries, predictions[method] = {}, {}
+        for name, loader in loaders.items():  # what shortcut_kd.evaluation.evaluate does, keeping the predictions
+            pred = predict(model, loader, device=device)
+            entries[name] = compute_metrics(pred["labels"], pred["scores"], pred["bias"],
+                                            n_bootstrap=int(n_bootstrap), seed=int(seed))
+            predictions[method][name] = {"id": _as_list(pred["ids"], str), "label": _as_list(pred["labels"], int),
+                                         "bias": _as_list(pred["bias"], int),
+                                         "score": _as_list(pred["scores"], float)}
+        methods[method] = {"test": entries, "checkpoint": {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}}
+        logger.info("%s (%s): AUC %s", method, sets, {t: m.get("auc") for t, m in methods[method]["test"].items()})
     if not methods:
         raise DataError("none of the checkpoints exists.", file=", ".join(str(c) for c in checkpoints.values()),
                         fix="train at least one stage (train, teacher, distill, oracle, a baseline) before "
                             "'evaluate'.")
     results = {"schema": SCHEMA, "dataset": dataset,
                "architecture": getattr(_unwrap(network), "arch_name", type(_unwrap(network)).__name__),
-               "shortcut": shortcut_entry(shortcut, p_bias_pos, p_bias_neg), "seed": int(seed), "methods": methods,
+               "shortcut": shortcut_entry(shortcut, p_bias_pos, p_bias_neg), "seed": int(seed), "sets": sets,
+               "methods": methods,
                "provenance": {"split_manifest_sha256": file_sha256(Path(split_dir) / "splits.json"),
                               "n_bootstrap": int(n_bootstrap), **environment(device)}}
-    if is_rank0():
+    if is_rank0():  # the predictions first: a results.json never stands beside stale predictions
+        if predictions_file:
+            write_json(predictions_file, {"schema": PREDICTIONS_SCHEMA, "sets": sets, "methods": predictions})
         write_json(output_file, results)
     return results
+
+
+def _as_list(values: Any, kind: type) -> list | None:
+    """An array of :func:`~shortcut_kd.evaluation.metrics.predict` as a JSON list (None stays None)."""
+    return None if values is None else [kind(v) for v in values]
 
 
 def shortcut_entry(name: str | None, p_bias_pos: float | None, p_bias_neg: float | None) -> dict:

@@ -25,7 +25,7 @@ __all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundl
 
 logger = logging.getLogger(__name__)
 
-BASELINE_STAGES = ("randconv", "mixup", "cutmix", "groupdro", "jtt_identify", "jtt", "reweight", "dfr")
+BASELINE_STAGES = ("randconv", "mixup", "cutmix", "groupdro", "jtt_identify", "jtt", "reweight", "dfr", "finetune")
 
 BUNDLE_STAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "train": (("train.json",), "train"),
@@ -129,7 +129,8 @@ def make_workflow(bundle: str, stage: str, overrides: dict[str, Any] | None = No
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle folder, or isic2017 / chexpert / simba")
     parser.add_argument("stage", help="train (erm), teacher, distill (kd), oracle, a baseline (randconv, mixup, "
-                                      "cutmix, groupdro, jtt_identify, jtt, reweight, dfr), evaluate or inference")
+                                      "cutmix, groupdro, jtt_identify, jtt, reweight, dfr, finetune), evaluate or "
+                                      "inference")
     parser.add_argument("--dataset-dir", help="the dataset in its native layout (inference: the files to predict)")
     parser.add_argument("--output-dir", help="splits, logs, results.json, predictions.csv (default: BUNDLE/eval)")
     parser.add_argument("--epochs", type=int, help="train#trainer#max_epochs")

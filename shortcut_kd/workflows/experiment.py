@@ -101,7 +101,8 @@ class Experiment:
         return out
 
     def _candidate_overrides(self, method: str, raw: dict) -> dict[str, Any]:
-        s, d, b = self.settings, self.settings.distill, self.settings.baselines
+        s = self.settings.for_method(method)
+        d, b = s.distill, s.baselines
         stage = self.bundle_stage(method)
         o: dict[str, Any] = {"dataset_dir": str(Path(s.dataset_dir).resolve()),
                              "output_dir": str(Path(s.output_dir).resolve()), "seed": s.seed}
@@ -111,6 +112,7 @@ class Experiment:
                   "shortcut#p_bias_pos": s.p_bias_pos, "shortcut#p_bias_neg": s.p_bias_neg,
                   "splits#specialist_size": s.specialist_size, "splits#val_fraction": s.val_fraction,
                   "splits#test_fraction": s.test_fraction, "splits#bias_free": s.bias_free,
+                  "splits#val_annotated_size": s.val_annotated_size,
                   "splits#ood_dir": str(Path(s.ood_dir).resolve()) if s.ood_dir else None,
                   "network_def#name": s.architecture, "evaluate#n_bootstrap": s.n_bootstrap,
                   "teacher#probe_epochs": d.probe_epochs, "groupdro#eta": b.groupdro_eta,
@@ -131,10 +133,12 @@ class Experiment:
             o["teacher_def"] = {"_target_": "shortcut_kd.nets.build_network", "name": s.teacher_architecture,
                                 "spatial_dims": "@spatial_dims", "in_channels": "@in_channels", "num_classes": 2,
                                 **kwargs}
-        epochs = {"teacher": s.teacher_epochs, "jtt_identify": b.jtt_epochs}.get(stage, s.epochs)
+        # the specialist-set stages (teacher, ERM fine-tuned on the specialist subset) share one budget
+        epochs = {"teacher": s.teacher_epochs, "finetune": s.teacher_epochs,
+                  "jtt_identify": b.jtt_epochs}.get(stage, s.epochs)
         if epochs is not None:
             o["train#trainer#max_epochs"] = epochs
-        lr = {"teacher": s.teacher_lr, "distill": d.lr or s.lr}.get(stage, s.lr)
+        lr = {"teacher": s.teacher_lr, "finetune": s.teacher_lr, "distill": d.lr or s.lr}.get(stage, s.lr)
         if lr is not None:
             o["optimizer#lr"] = lr
         if s.teacher_init == "scratch":
@@ -146,6 +150,8 @@ class Experiment:
             o["distill#student_init"] = None
         elif d.student_init == "erm":
             o["distill#student_init"] = "$@ckpt_dir + '/model_erm.pt'"
+        elif d.student_init == "teacher":
+            o["distill#student_init"] = "$@ckpt_dir + '/model_teacher.pt'"
         if b.jtt_budget == "upsampled" and stage == "jtt":
             o["train#dataloader#sampler"] = None
             o["train#dataloader#shuffle"] = True

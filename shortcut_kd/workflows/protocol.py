@@ -26,10 +26,11 @@ def collect_results(exp: Experiment, methods: Sequence[str] | None = None) -> di
     entries = {}
     for method in methods or METHOD_ORDER:
         record = stage_record(exp, method) if exp.is_done(method) else None
-        if record:
+        if record and "test" in record:
             entries[method] = {"test": record["test"], "provenance": {
-                k: record[k] for k in ("fingerprint", "config_files", "overrides", "split_manifest_sha256",
-                                       "upstream_sha256", "outputs_sha256", "seconds", "environment")}}
+                k: record.get(k) for k in ("fingerprint", "config_files", "overrides", "split_manifest_sha256",
+                                           "upstream_sha256", "outputs_sha256", "seconds", "train_images",
+                                           "environment")}}
     shortcut = exp.parser("erm")["shortcut"]
     return {"schema": SCHEMA, "dataset": exp.settings.dataset, "architecture": exp.architecture,
             "shortcut": shortcut_entry(shortcut["name"], shortcut["p_bias_pos"], shortcut["p_bias_neg"]),

@@ -61,17 +61,26 @@ def stage_record(exp: "Experiment", method: str) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: bool = True) -> dict:
+EVALUATIONS = ("test", "validation")
+"""What a stage is scored on: the test sets, or the bias-annotated validation split (``val_aligned`` and
+``val_conflicting``), on which a study chooses settings without reading any test set."""
+
+
+def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: bool = True,
+              evaluation: str = "test") -> dict:
     """Run ``method`` (a results.json method key, or ``jtt_identify``) through its bundle config unless an
-    identical run is recorded; return its test metrics.
+    identical run is recorded; return its metrics on ``evaluation`` (``test`` or ``validation``).
 
     Its upstream stages run first (or are reused). An interrupted run with the same fingerprint resumes
     from its last state; one with other settings starts over. ``fresh=True`` reruns it whatever is recorded.
+    A reused run that was scored on the other evaluation is scored on this one and its record updated.
     """
+    if evaluation not in EVALUATIONS:
+        raise ConfigError("evaluation", evaluation, f"use one of {list(EVALUATIONS)}.")
     exp.check_method(method)
     exp.prepare_splits()
     for needed in upstream_methods(exp, method):
-        run_stage(exp, needed, progress=progress)
+        run_stage(exp, needed, progress=progress, evaluation=evaluation)
     if method == "kd" and exp.settings.distill.layers == "auto":
         from shortcut_kd.workflows.auto_layers import auto_layers
 
@@ -80,7 +89,10 @@ def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: boo
     record = stage_record(exp, method)
     if not fresh and record and record.get("fingerprint") == current["sha256"] and _outputs_intact(exp, method, record):
         logger.info("%s: reusing the recorded run (%s)", method, exp.record_path(method))
-        return record.get("test", {})
+        if evaluation not in record and method in exp.evaluated_methods:
+            record[evaluation] = _evaluate(exp, method, evaluation)
+            write_json(exp.record_path(method), record)
+        return record.get(evaluation, {})
     running = exp.record_path(method).with_suffix(".running.json")
     resumable = running.is_file() and read_json(running).get("fingerprint") == current["sha256"] and not fresh
     if not resumable:
@@ -90,7 +102,7 @@ def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: boo
     start = time.time()
     _run_workflow(exp, method, progress)
     seconds = time.time() - start
-    test = _evaluate(exp, method) if method in exp.evaluated_methods else {}
+    scores = _evaluate(exp, method, evaluation) if method in exp.evaluated_methods else {}
     from shortcut_kd.provenance import environment, file_sha256
 
     outputs = {p.name: file_sha256(p) for p in exp.outputs(method) if p.is_file()}
@@ -99,10 +111,10 @@ def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: boo
               "overrides": exp.overrides(method), "split_manifest_sha256": current["splits"],
               "upstream_sha256": current["upstream"], "outputs_sha256": outputs,
               "seed": exp.settings.seed, "seconds": round(seconds, 1), "environment": environment(exp.device),
-              "test": test}
+              "train_images": _train_images(exp, method), evaluation: scores}
     write_json(exp.record_path(method), record)
     running.unlink(missing_ok=True)
-    return test
+    return scores
 
 
 def _outputs_intact(exp: "Experiment", method: str, record: dict) -> bool:
@@ -155,13 +167,31 @@ def _attach_progress(workflow: Any, method: str) -> None:
         "loss": float(o[0]["loss"] if isinstance(o, list) else o["loss"])})
 
 
-def _evaluate(exp: "Experiment", method: str) -> dict:
-    """The bundle's evaluate config on ``method``'s checkpoint alone; the test entries of its results."""
+def _train_images(exp: "Experiment", method: str) -> dict:
+    """The compute a stage got: its epochs and the images of one epoch (the length of its training role)."""
+    from shortcut_kd.data.splits import load_split
+
+    parser = exp.parser(method)
+    role = parser.get("train#role", "train_biased")
+    try:
+        per_epoch = len(load_split(exp.split_dir, role))
+    except Exception:  # a stage without a training role (dfr fits a head): its epochs say enough
+        per_epoch = None
+    epochs = parser.get("train#trainer#max_epochs")
+    return {"role": role, "epochs": epochs, "images_per_epoch": per_epoch,
+            "images": per_epoch * int(epochs) if per_epoch is not None and isinstance(epochs, int) else None}
+
+
+def _evaluate(exp: "Experiment", method: str, evaluation: str = "test") -> dict:
+    """The bundle's evaluate config on ``method``'s checkpoint alone: the entries of its results on the test
+    sets or on the validation split; the per-image predictions are kept beside the stage record."""
     from shortcut_kd.workflows.bundle_cli import make_workflow
 
-    out = exp.record_path(method).with_suffix(".results.json")
+    suffix = "" if evaluation == "test" else f".{evaluation}"
+    out = exp.record_path(method).with_suffix(f"{suffix}.results.json")
     overrides = {**exp.overrides("evaluate"), "evaluate#checkpoints": {method: str(exp.model_path(method))},
-                 "evaluate#results_file": str(out)}
+                 "evaluate#results_file": str(out), "evaluate#sets": evaluation,
+                 "evaluate#predictions_file": str(exp.record_path(method).with_suffix(f"{suffix}.predictions.json"))}
     workflow = make_workflow(str(exp.bundle_dir), "evaluate", overrides)
     workflow.initialize()
     workflow.run()

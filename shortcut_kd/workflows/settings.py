@@ -29,8 +29,9 @@ class DistillSettings:
         cache_teacher: run the teacher once per sample; inputs must be deterministic (``distill#cache_teacher``).
         probe_epochs: epochs to fit the frozen teacher's probes on the specialist subset; a setting of the
             teacher stage (``teacher#probe_epochs``).
-        student_init: ``teacher`` (start from the specialist teacher's weights, the bundles' default),
-            ``scratch`` (the paper: the same initialisation as ERM) or ``erm`` (``distill#student_init``).
+        student_init: ``scratch`` (the paper and the bundles' default: the same initialisation as ERM),
+            ``teacher`` (start from the specialist teacher's weights: a variant, reported as one) or ``erm``
+            (``distill#student_init``).
         lr: the student's learning rate (``optimizer#lr`` of the kd stage; default: the experiment's ``lr``).
     """
 
@@ -81,6 +82,13 @@ class ExperimentSettings:
 
     Paths: ``dataset_dir`` holds the dataset in its native layout; ``ood_dir`` an optional shifted source
     in the same layout; everything is written under ``output_dir``.
+
+    ``val_annotated_size`` is the size of the bias-annotated validation split (a fraction or a number of
+    items; ``splits#val_annotated_size``), on which settings are chosen, never on a test set.
+    ``per_method`` maps a method (``erm``, ``kd``, a baseline, ...) to settings that apply to its stage only,
+    over the others (e.g. ``{"groupdro": {"lr": 3e-4, "baselines": {"groupdro_eta": 0.1}}}``): how a study
+    gives every method its own tuned values in one experiment. What the stages share (the data, the splits,
+    the shortcut, the image size, the architecture, the seed, the device) cannot be set per method.
     """
 
     dataset: str = "isic2017"
@@ -95,6 +103,7 @@ class ExperimentSettings:
     val_fraction: float | None = None
     test_fraction: float | None = None
     bias_free: str | None = None
+    val_annotated_size: float | None = None
     architecture: str | None = None
     arch_kwargs: dict = field(default_factory=dict)
     teacher_architecture: str | None = None
@@ -115,6 +124,7 @@ class ExperimentSettings:
     n_bootstrap: int | None = None
     distill: DistillSettings = field(default_factory=DistillSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
+    per_method: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.distill, dict):
@@ -130,6 +140,28 @@ class ExperimentSettings:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(key, value, "use a positive integer.")
+        self._check_per_method()
+
+    def _check_per_method(self) -> None:
+        from shortcut_kd.evaluation.schema import METHOD_ORDER
+
+        if not isinstance(self.per_method, dict):
+            raise ConfigError("per_method", self.per_method, "map method names to dicts of settings.")
+        for method, changes in self.per_method.items():
+            if method not in (*METHOD_ORDER, "jtt_identify"):
+                raise ConfigError(f"per_method.{method}", changes, f"use methods of {list(METHOD_ORDER)}.")
+            if not isinstance(changes, dict):
+                raise ConfigError(f"per_method.{method}", changes, "give a dict of settings.")
+            shared = sorted(set(changes) & set(SHARED_KEYS))
+            if shared:
+                raise ConfigError(f"per_method.{method}.{shared[0]}", changes[shared[0]],
+                                  "set it for the whole experiment: every stage shares it.")
+            self.replace(**changes, per_method={})  # unknown keys and bad values fail here, naming the key
+
+    def for_method(self, method: str) -> "ExperimentSettings":
+        """The settings ``method``'s stage runs with: these, with ``per_method[method]`` applied."""
+        changes = self.per_method.get(method)
+        return self.replace(**changes, per_method={}) if changes else self
 
     @property
     def root(self) -> Path:
@@ -147,6 +179,14 @@ class ExperimentSettings:
             else:
                 data[key] = value
         return from_dict(data)
+
+
+SHARED_KEYS = ("dataset", "dataset_dir", "output_dir", "ood_dir", "shortcut", "shortcut_overrides", "p_bias_pos",
+               "p_bias_neg", "specialist_size", "val_fraction", "test_fraction", "bias_free", "val_annotated_size",
+               "architecture", "arch_kwargs", "image_size", "seed", "device", "amp", "num_workers", "n_bootstrap",
+               "per_method")
+"""Settings every stage of an experiment shares (they define the data, the splits and the student network):
+never per method."""
 
 
 def _from_dict(cls: type, data: dict, where: str) -> Any:

@@ -1,0 +1,132 @@
+"""The study harness on a tiny grid: config checks, tuning on the validation split only, the aggregate, and
+two workers sharing one study through Optuna's storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shortcut_kd.cli import main
+from shortcut_kd.errors import ConfigError
+from shortcut_kd.study.config import read_study
+from shortcut_kd.study.jobs import job_keys
+from shortcut_kd.study.tuning import draw_trials, selection_score
+
+TINY = {"image_size": 16, "architecture": "resnet10", "arch_kwargs": {"widen_factor": 0.25}, "epochs": 1,
+        "batch_size": 16, "teacher_epochs": 1, "specialist_size": 16, "val_annotated_size": 16, "n_bootstrap": 20,
+        "num_workers": 0, "distill": {"probe_epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def isic_tree(tmp_path_factory):
+    from shortcut_kd.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("study_isic")
+    synthesize("isic2017", root / "iid", n=160, seed=0, image_size=16)
+    synthesize("isic2017", root / "ood", n=30, seed=1, variant="ood", image_size=16)
+    return root
+
+
+def _study_file(path: Path, tree: Path, **changes) -> Path:
+    data = {"name": "tiny", "device": "cpu",
+            "pipelines": [{"dataset": "isic2017", "dataset_dir": str(tree / "iid"), "ood_dir": str(tree / "ood"),
+                           "shortcuts": ["patch"], "settings": TINY}],
+            "methods": ["erm", "kd"], "seeds": [0, 1],
+            "tuning": {"seeds": [7], "trials": 2, "sampler_seed": 0,
+                       "search_space": {"erm": {"lr": {"float": [1e-4, 3e-3], "log": True}},
+                                        "kd": {"distill.weight": {"choices": [1.0, 5.0]}}}}}
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_study_file_errors_name_the_key_and_the_fix(tmp_path, isic_tree):
+    with pytest.raises(ConfigError, match=r"metods.*did you mean 'methods'"):
+        read_study(_study_file(tmp_path / "a.yaml", isic_tree, metods=["erm"]))
+    with pytest.raises(ConfigError, match=r"methods.*did you mean 'groupdro'"):
+        read_study(_study_file(tmp_path / "b.yaml", isic_tree, methods=["erm", "groupdor"]))
+    with pytest.raises(ConfigError, match="never reported"):
+        read_study(_study_file(tmp_path / "c.yaml", isic_tree, tuning={"seeds": [0], "trials": 2}))
+    with pytest.raises(ConfigError, match="search_space.erm.epoch"):
+        read_study(_study_file(tmp_path / "d.yaml", isic_tree, tuning={
+            "seeds": [7], "trials": 2, "search_space": {"erm": {"epoch": {"int": [1, 3]}}}}))
+    with pytest.raises(ConfigError, match="every stage shares"):
+        read_study(_study_file(tmp_path / "e.yaml", isic_tree, tuning={
+            "seeds": [7], "trials": 2, "search_space": {"erm": {"image_size": {"choices": [16, 32]}}}}))
+
+
+def test_trials_are_the_defaults_then_seeded_draws():
+    space = {"lr": {"float": [1e-4, 1e-2], "log": True}, "distill.weight": {"choices": [1.0, 5.0]}}
+    trials = draw_trials(space, 3, seed=0)
+    assert trials[0] == {} and len(trials) == 3 and trials == draw_trials(space, 3, seed=0)
+    assert all(1e-4 <= t["lr"] <= 1e-2 and t["distill.weight"] in (1.0, 5.0) for t in trials[1:])
+    assert draw_trials({}, 5, seed=0) == [{}]
+    assert selection_score({"aligned": {"auc": 0.9}, "conflicting": {"auc": 0.4}}) == 0.4
+    assert selection_score({"aligned": {"auc": 0.9}}) is None
+
+
+def test_tiny_study_tunes_on_validation_only_and_writes_a_complete_aggregate(tmp_path, isic_tree, monkeypatch):
+    import shortcut_kd.data.splits as splits
+
+    read_roles: list[tuple[str, str]] = []
+    original = splits.load_split
+
+    def spy(split_dir, role):
+        read_roles.append((str(split_dir), role))
+        return original(split_dir, role)
+
+    monkeypatch.setattr(splits, "load_split", spy)
+    config = _study_file(tmp_path / "tiny.yaml", isic_tree)
+    out = tmp_path / "study"
+    assert main(["study", str(config), "--out", str(out), "--n-bootstrap", "50"]) == 0
+    # while settings were being chosen (the tuning folder), no test set was read
+    tuning_reads = [role for d, role in read_roles if f"{os.sep}tune{os.sep}" in d]
+    assert tuning_reads and not [r for r in tuning_reads if r.startswith("test_")]
+    assert {"val_aligned", "val_conflicting"} <= set(tuning_reads)
+    chosen = json.loads((out / "tune" / "isic2017" / "patch" / "chosen.json").read_text())
+    trials = json.loads((out / "tune" / "isic2017" / "patch" / "trials.json").read_text())["trials"]
+    assert [(t["method"], t["trial"]) for t in trials] == [("erm", 0), ("erm", 1), ("kd", 0), ("kd", 1)]
+    assert set(chosen["chosen"]) == {"erm", "kd"}
+    best_erm = max((t for t in trials if t["method"] == "erm"), key=lambda t: t["score"])
+    assert chosen["chosen"]["erm"] == best_erm["params"]
+    study = json.loads((out / "study.json").read_text())
+    cell = study["cells"]["isic2017/patch"]
+    assert set(cell["rows"]) == {"erm", "kd"} and cell["rows"]["kd"]["seeds"] == [0, 1]
+    assert cell["rows"]["erm"]["summary"]["conflicting_auc"]["n"] == 2
+    paired = cell["kd_vs"]["erm"]
+    assert set(paired["per_seed"]) == {"0", "1"} and sum(paired["win_tie_loss"].values()) == 2
+    assert paired["pooled"]["n_groups"] == 2
+    # the reported seeds ran with the chosen settings
+    record = json.loads((out / "cells" / "isic2017" / "patch" / "seed1" / "stages" / "erm.json").read_text())
+    if chosen["chosen"]["erm"]:
+        assert record["overrides"]["optimizer#lr"] == chosen["chosen"]["erm"]["lr"]
+    text = (out / "study.md").read_text()
+    assert "bias-annotated validation split" in text and "| **`kd`**" in text and "W/T/L" in text
+    assert (out / "figures" / "conflicting_auc.png").is_file()
+    # a rerun finds every job complete and reruns nothing
+    before = (out / "jobs.log").read_text()
+    assert main(["study", str(config), "--out", str(out), "--n-bootstrap", "50"]) == 0
+    assert (out / "jobs.log").read_text() == before
+
+
+def test_two_workers_run_every_job_exactly_once(tmp_path, isic_tree):
+    config = _study_file(tmp_path / "two.yaml", isic_tree, methods=["erm"], seeds=[0, 1, 2],
+                         tuning={"seeds": [7], "trials": 1})
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shortcut_kd.cli", "study", str(config), "--out", str(out), "--n-bootstrap", "20"]
+    first = subprocess.run([*cmd, "--workers", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = (out / "jobs.log").read_text().splitlines()
+    starts = [line.split()[-1] for line in lines if " start " in line]
+    keys = job_keys(read_study(config))
+    assert sorted(starts) == sorted(keys)  # every job once, none twice
+    assert len({line.split()[1] for line in lines}) == 2  # both workers took jobs
+    study = json.loads((out / "study.json").read_text())
+    assert study["cells"]["isic2017/patch"]["rows"]["erm"]["seeds"] == [0, 1, 2]

@@ -68,7 +68,7 @@ def test_patient_disjoint_pools_cover_everything():
 def test_exact_sizes_without_groups_and_missing_group_key():
     data = make_datalist(1000, patients=False)
     splits = build_splits(data, SplitSettings(group_key="patient"))  # key absent: falls back to the id
-    assert [len(splits[r]) for r in ("train_biased", "specialist", "oracle", "val")] == [550, 100, 550, 100]
+    assert [len(splits[r]) for r in ("train_biased", "specialist", "oracle", "val")] == [550, 100, 650, 100]
     assert all(len(splits[r]) == 200 for r in TEST_FAMILY)
     assert len(splits["val_aligned"]) == len(splits["val_conflicting"]) == 50
     settings = SplitSettings(group_key=None, specialist_size=37, val_fraction=0.15, test_fraction=0.25,
@@ -89,7 +89,8 @@ def test_bias_rates_and_bias_free_sets():
         for label in (0, 1):
             members = [it for it in splits[role] if it["label"] == label]
             assert abs(sum(it["bias"] for it in members) - len(members) / 2) <= 0.5, role
-    assert _ids(splits["oracle"]) == _ids(train) and len(splits["oracle"]) == len(train)
+    oracle_pool = _ids(train) | _ids(splits["specialist"])  # the same data budget as KD: both sets
+    assert _ids(splits["oracle"]) == oracle_pool and len(splits["oracle"]) == len(oracle_pool)
     assert {it["id"]: it["bias"] for it in splits["oracle"]} != {it["id"]: it["bias"] for it in train}
 
     absent = build_splits(data, SplitSettings(seed=5, bias_free="absent"))
@@ -144,7 +145,8 @@ def test_native_bias_mode():
     for role in ("test_unbiased", "oracle", "specialist"):
         groups = np.bincount([it["group"] for it in splits[role]], minlength=4)
         assert groups.min() == groups.max() > 0, (role, groups)
-    assert _ids(splits["oracle"]) <= _ids(splits["train_biased"])
+    assert _ids(splits["oracle"]) <= _ids(splits["train_biased"]) | _ids(splits["specialist"])
+    assert _ids(splits["specialist"]) <= _ids(splits["oracle"])
     assert not _ids(splits["specialist"]) & _ids(splits["train_biased"])
     # the specialist and the validation split hold out some of the rare (bias-conflicting) items
     assert 0.85 < _rate(splits["train_biased"], 1) < 1.0

@@ -21,10 +21,10 @@ Injected bias (``native_bias=False``, the default)
     - ``train_biased``: ``bias = sample_uniform(seed, id, "bias") < p``, with ``p = p_bias_pos``
       for positives and ``p_bias_neg`` for negatives.
     - ``val``: flagged like the training set; in practice a user has no bias-free validation data.
-    - ``specialist`` (the teacher's data) and ``oracle`` (the same images as ``train_biased``):
-      bias-free. ``bias_free="decorrelated"``: the shortcut is on a seeded random half of each
-      class, so it carries no information about the label yet the model has seen it;
-      ``"absent"``: on no image.
+    - ``specialist`` (the teacher's data) and ``oracle`` (the images of ``train_biased`` and of
+      ``specialist``: the same data budget as a method that uses both): bias-free.
+      ``bias_free="decorrelated"``: the shortcut is on a seeded random half of each class, so it
+      carries no information about the label yet the model has seen it; ``"absent"``: on no image.
     - from the test pool: ``test_unbiased`` (shortcut on a random half of each class),
       ``test_aligned`` (bias = label), ``test_conflicting`` (bias = 1 - label), ``test_clean``
       (no shortcut) and, given a shifted source, ``test_ood`` (its items, no shortcut).
@@ -52,7 +52,8 @@ Native bias (``native_bias=True``, e.g. SimBA whose images carry a real bias eff
       Hence both views hold both classes whenever the data has items of all four groups, and the
       split is not in the dataset's class proportions (it is balanced by group).
     - ``oracle``: from ``train_biased``, the largest group-balanced subset (``decorrelated``) or
-      all its bias-free items (``absent``); it is smaller than ``train_biased``.
+      all its bias-free items (``absent``), plus the ``specialist`` items; it is smaller than
+      ``train_biased``.
     - ``test_aligned`` / ``test_conflicting`` / ``test_clean``: the test pool's items with
       bias == label / bias != label / bias == 0; ``test_unbiased``: its largest group-balanced subset.
     - ``test_ood``: the shifted source's bias-free items.
@@ -487,7 +488,7 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
         flags = _flags_biased(train + val, settings)
         roles["train_biased"] = [_tag(it, flags[it["id"]], "train_biased") for it in train]
         roles["val"] = [_tag(it, flags[it["id"]], "val") for it in val]
-        for role, pool in (("specialist", specialist), ("oracle", train)):
+        for role, pool in (("specialist", specialist), ("oracle", train + specialist)):
             free = _flags_half(pool, seed, role) if settings.bias_free == "decorrelated" else {}
             roles[role] = [_tag(it, free.get(it["id"], 0), role) for it in pool]
         half = _flags_half(test, seed, "test_unbiased")
@@ -507,8 +508,8 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
         if not train:
             raise DataError("the specialist subset took every training item.", fix="lower specialist_size.")
         specialist = [it for unit in spec_units for it in unit]
-        oracle = _balanced(train, seed, "oracle") if settings.bias_free == "decorrelated" else [
-            it for it in train if it["bias"] == 0]
+        oracle = (_balanced(train, seed, "oracle") if settings.bias_free == "decorrelated" else [
+            it for it in train if it["bias"] == 0]) + specialist
         for role, pool in (("train_biased", train), ("specialist", specialist), ("oracle", oracle), ("val", val),
                            ("val_aligned", [it for it in annotated if it["bias"] == it["label"]]),
                            ("val_conflicting", [it for it in annotated if it["bias"] != it["label"]]),

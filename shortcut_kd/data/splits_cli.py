@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of negatives carrying it (default %(default)s)")
     parser.add_argument("--specialist-size", type=_size, default=defaults.specialist_size,
                         help="bias-free specialist subset: a fraction (0.1) or a count (200) (default %(default)s)")
+    parser.add_argument("--val-annotated-size", type=_size, default=defaults.val_annotated_size,
+                        help="bias-annotated validation split (settings are chosen on it): a fraction or a count "
+                             "(default %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="(default %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="(default %(default)s)")
     parser.add_argument("--bias-free", choices=BIAS_FREE, default=defaults.bias_free,
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         group_key = None if str(args.group_key).lower() in ("none", "") else args.group_key
         settings = SplitSettings(seed=args.seed, p_bias_pos=args.p_bias_pos, p_bias_neg=args.p_bias_neg,
                                  specialist_size=args.specialist_size, val_fraction=args.val_fraction,
+                                 val_annotated_size=args.val_annotated_size,
                                  test_fraction=args.test_fraction, bias_free=args.bias_free, group_key=group_key,
                                  native_bias=native)
         splits = build_splits(items, settings, ood_datalist=ood)

@@ -65,6 +65,7 @@ def _worker(config: str, out: str, storage: str | None, workers: int) -> list[st
 
 def _worker_process(config: str, out: str, storage: str | None, workers: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")
     failed = _worker(config, out, storage, workers)
     sys.exit(1 if failed else 0)
 
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.aggregate_only:
         queue = open_queue(cfg.name, out, args.storage)
         if not args.join:
+            from shortcut_kd.study.jobs import data_dirs
+
+            for pipe in cfg.pipelines:  # generated data is written here once, before any worker reads it
+                data_dirs(cfg, pipe.dataset, out)
             queued = enqueue(queue, job_keys(cfg))
             print(f"[study] {cfg.name}: {len(job_keys(cfg))} jobs, {len(queued)} queued, output {out}",
                   file=sys.stderr)

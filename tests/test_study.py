@@ -109,6 +109,16 @@ def test_tiny_study_tunes_on_validation_only_and_writes_a_complete_aggregate(tmp
     text = (out / "study.md").read_text()
     assert "bias-annotated validation split" in text and "| **`kd`**" in text and "W/T/L" in text
     assert (out / "figures" / "conflicting_auc.png").is_file()
+    # the README headline: written between the markers from study.json, then in sync
+    from shortcut_kd.study.aggregate import README_END, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- study headline: generated from old; do not edit by hand -->\nstale\n"
+                      f"{README_END}\n\n## after\n")
+    assert update_readme(readme, out / "study.json", source="study.json") is True
+    written = readme.read_text()
+    assert "stale" not in written and "| **`kd`** (n=2)" in written and written.endswith("## after\n")
+    assert update_readme(readme, out / "study.json", source="study.json", check=True) is False
     # a rerun finds every job complete and reruns nothing
     before = (out / "jobs.log").read_text()
     assert main(["study", str(config), "--out", str(out), "--n-bootstrap", "50"]) == 0

@@ -225,43 +225,7 @@ def format_study(study: dict) -> str:
              "seeds (mean of per-seed differences), with its 95 % CI and two-sided p; W/T/L counts the seeds where "
              "KD is significantly better / not different / significantly worse (p < 0.05).", ""]
     for name, cell in study["cells"].items():
-        lines += [f"## {name}", ""]
-        if not cell["rows"]:
-            lines += ["No finished run yet.", ""]
-            continue
-        lines += ["| method | information used | compute: epochs × images (s) | conflicting AUC | unbiased AUC | "
-                  "unbiased ΔTPR | OOD AUC | aligned AUC | KD − method [95 % CI], p | W/T/L |",
-                  "|:---|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|"]
-        for row, body in cell["rows"].items():
-            s = body["summary"]
-            comp = s["compute"]
-            images = comp["images"]["mean"]
-            seconds = comp["seconds"]["mean"]
-            compute = (f"{comp['epochs']} × {int(images / comp['epochs']) if images and comp['epochs'] else '–'}"
-                       f" ({seconds:.0f})" if seconds is not None else "–")
-            test = cell["kd_vs"].get(row)
-            if test:
-                p = test["pooled"]
-                wtl = test["win_tie_loss"]
-                vs = f"{p['diff']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], p={p['p_value']:.3g}"
-                wtl_text = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}"
-            else:
-                vs, wtl_text = ("—" if row == "kd" else "–"), "—" if row == "kd" else "–"
-            label = f"**`{row}`**" if row == "kd" else f"`{row}`"
-            lines.append(f"| {label} (n={len(body['seeds'])}) | {body['information']} | {compute} | "
-                         f"{_fmt(s['conflicting_auc'])} | {_fmt(s['unbiased_auc'])} | "
-                         f"{_fmt(s['unbiased_delta_tpr'], signed=True)} | {_fmt(s['ood_auc'])} | "
-                         f"{_fmt(s['aligned_auc'])} | {vs} | {wtl_text} |")
-        lines.append("")
-        if cell.get("tuning"):
-            lines += ["Settings chosen on the validation split (validation score of the chosen trial):", ""]
-            for method, params in cell["tuning"]["chosen"].items():
-                score = cell["tuning"]["scores"].get(method)
-                cost = cell.get("tuning_cost", {}).get(method, {})
-                lines.append(f"- `{method}`: {params or 'the bundle defaults'}"
-                             + (f" ({score:.3f})" if score is not None else "")
-                             + (f"; {cost['trials']} trial(s), {cost['seconds'] / 60:.1f} min" if cost else ""))
-            lines.append("")
+        lines += [f"## {name}", "", *_cell_lines(cell, tuning=True)]
     ranks = study["ranks"]
     lines += ["## Ranks across cells", ""]
     if ranks.get("friedman"):
@@ -283,3 +247,86 @@ def format_study(study: dict) -> str:
               "`results.json` and each stage's `stages/<method>.json` hold the resolved settings, split hash, "
               "upstream checkpoint hashes and timing.", ""]
     return "\n".join(lines)
+
+
+def _cell_lines(cell: dict, tuning: bool) -> list[str]:
+    """One pipeline × shortcut: the table (and the chosen settings when ``tuning``)."""
+    lines: list[str] = []
+    if not cell["rows"]:
+        return ["No finished run yet.", ""]
+    lines += ["| method | information used | compute: epochs × images (s) | conflicting AUC | unbiased AUC | "
+              "unbiased ΔTPR | OOD AUC | aligned AUC | KD − method [95 % CI], p | W/T/L |",
+              "|:---|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|"]
+    for row, body in cell["rows"].items():
+        s = body["summary"]
+        comp = s["compute"]
+        images = comp["images"]["mean"]
+        seconds = comp["seconds"]["mean"]
+        compute = (f"{comp['epochs']} × {int(images / comp['epochs']) if images and comp['epochs'] else '–'}"
+                   f" ({seconds:.0f})" if seconds is not None else "–")
+        test = cell["kd_vs"].get(row)
+        if test:
+            p = test["pooled"]
+            wtl = test["win_tie_loss"]
+            vs = f"{p['diff']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], p={p['p_value']:.3g}"
+            wtl_text = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}"
+        else:
+            vs, wtl_text = ("—" if row == "kd" else "–"), "—" if row == "kd" else "–"
+        label = f"**`{row}`**" if row == "kd" else f"`{row}`"
+        lines.append(f"| {label} (n={len(body['seeds'])}) | {body['information']} | {compute} | "
+                     f"{_fmt(s['conflicting_auc'])} | {_fmt(s['unbiased_auc'])} | "
+                     f"{_fmt(s['unbiased_delta_tpr'], signed=True)} | {_fmt(s['ood_auc'])} | "
+                     f"{_fmt(s['aligned_auc'])} | {vs} | {wtl_text} |")
+    lines.append("")
+    if tuning and cell.get("tuning"):
+        lines += ["Settings chosen on the validation split (validation score of the chosen trial):", ""]
+        for method, params in cell["tuning"]["chosen"].items():
+            score = cell["tuning"]["scores"].get(method)
+            cost = cell.get("tuning_cost", {}).get(method, {})
+            lines.append(f"- `{method}`: {params or 'the bundle defaults'}"
+                         + (f" ({score:.3f})" if score is not None else "")
+                         + (f"; {cost['trials']} trial(s), {cost['seconds'] / 60:.1f} min" if cost else ""))
+        lines.append("")
+    return lines
+
+
+README_BEGIN = "<!-- study headline: generated from {source}; do not edit by hand -->"
+README_END = "<!-- study headline: end -->"
+
+
+def headline(study: dict, source: str) -> str:
+    """The README's headline: every pipeline × shortcut table of the study, between the markers."""
+    lines = [README_BEGIN.format(source=source), ""]
+    seeds = ", ".join(map(str, study["config"]["seeds"]))
+    for name, cell in study["cells"].items():
+        done = sorted({k for row in cell["rows"].values() for k in row["seeds"]})
+        status = "" if done == sorted(study["config"]["seeds"]) else f" — partial: seeds {done} of {seeds} finished"
+        lines += [f"**{name}** (mean ± sd over seeds {seeds}; `{source}`){status}", "", *_cell_lines(cell, False)]
+    ranks = study["ranks"]
+    if ranks.get("friedman"):
+        avg = sorted(ranks["average_ranks"].items(), key=lambda kv: kv[1])
+        lines += ["Average rank (conflicting AUC, 1 = best) over the cells: "
+                  + ", ".join(f"`{m}` {r:.2f}" for m, r in avg)
+                  + f"; Friedman p = {ranks['friedman']['p_value']:.3g}, "
+                  f"Nemenyi CD {ranks['critical_difference']:.2f}.", ""]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, study_file: Path, source: str, check: bool = False) -> bool:
+    """Write (or with ``check``, compare) the README's headline section from ``study_file``; True if it
+    differs from what the study gives."""
+    import re
+
+    text = readme.read_text()
+    begin = re.escape(README_BEGIN.split("{source}")[0])
+    pattern = re.compile(begin + r".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        from shortcut_kd.errors import DataError
+
+        raise DataError("no study headline section.", file=str(readme), column="<!-- study headline -->",
+                        fix=f"add the two marker lines ({README_END!r} closes it) where the table belongs.")
+    new = pattern.sub(lambda _: headline(read_json(study_file), source), text, count=1)
+    if new != text and not check:
+        write_text(readme, new)
+    return new != text

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/queue.db)")
     parser.add_argument("--aggregate-only", action="store_true", help="rebuild study.json / study.md and stop")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    parser.add_argument("--readme", help="also write the study's headline tables into this Markdown file, "
+                                         "between its '<!-- study headline -->' markers")
 
 
 def _progress(total: int, start: float, workers: int):
@@ -104,5 +106,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"[study] not finished: {unfinished} (run the same command again to retry)", file=sys.stderr)
     study = aggregate(cfg, out, n_bootstrap=args.n_bootstrap)
     print(f"[study] wrote {out / 'study.json'} and {out / 'study.md'}", file=sys.stderr)
+    if args.readme:
+        from shortcut_kd.study.aggregate import update_readme
+
+        if update_readme(Path(args.readme), out / "study.json", source=str(out / "study.json")):
+            print(f"[study] wrote the headline into {args.readme}", file=sys.stderr)
     complete = all(c["rows"] for c in study["cells"].values())
     return 0 if args.aggregate_only or complete else 1

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("shortcut_kd.workflows.demo", "generate data, run every method, print and write the comparison"),
     "study": ("shortcut_kd.study.cli", "tune on the validation split, run seeds, paired tests: study.json/.md"),
     "run": ("shortcut_kd.workflows.bundle_cli", "run a stage of a MONAI bundle (e.g. run isic2017 distill)"),
-    "bundle-performance": ("shortcut_kd.workflows.bundle_performance",
+    "bundle-performance": ("shortcut_kd.study.bundle_performance",
                            "write a bundle's Performance table and metadata eval_metrics from a results.json"),
 }
 

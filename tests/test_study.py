@@ -119,6 +119,19 @@ def test_tiny_study_tunes_on_validation_only_and_writes_a_complete_aggregate(tmp
     written = readme.read_text()
     assert "stale" not in written and "| **`kd`** (n=2)" in written and written.endswith("## after\n")
     assert update_readme(readme, out / "study.json", source="study.json", check=True) is False
+    # a bundle's Performance section and eval_metrics from the study
+    import shutil
+
+    from shortcut_kd.study.bundle_performance import update_bundle
+
+    bundle = tmp_path / "isic2017_shortcut_kd"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / bundle.name, bundle)
+    assert update_bundle(bundle, out / "study.json") and not update_bundle(bundle, out / "study.json", check=True)
+    section = (bundle / "docs" / "README.md").read_text()
+    assert "From the study `tiny`" in section and "| **`kd`** (n=2)" in section
+    metrics = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    mean = cell["rows"]["kd"]["summary"]["conflicting_auc"]["mean"]
+    assert metrics["patch_conflicting_auc_kd"] == round(mean, 4) and metrics["seeds"] == [0, 1]
     # a rerun finds every job complete and reruns nothing
     before = (out / "jobs.log").read_text()
     assert main(["study", str(config), "--out", str(out), "--n-bootstrap", "50"]) == 0

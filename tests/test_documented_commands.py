@@ -59,6 +59,9 @@ def _argv(command: str, paths: dict[str, str], bundles_dir: Path) -> list[str]:
             argv += TINY_SETTINGS
         elif sub == "demo":
             argv += ["--n", "120", "--out", paths["demo_out"], *TINY_SETTINGS[:-2]]
+        elif sub == "study":  # the documented study file, shrunk: same methods' machinery, tiny grid
+            argv = [*argv[:4], paths["study_config"], "--out", paths["study_out"], "--n-bootstrap", "20",
+                    *[a for a in argv[5:] if a != "--workers" and not a.isdigit()]]
         elif sub == "synth":
             argv = [a if a != "3000" else "120" for a in argv] + ["--size", "16", "--quiet"]
     elif head == "python":
@@ -67,6 +70,24 @@ def _argv(command: str, paths: dict[str, str], bundles_dir: Path) -> list[str]:
         argv = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nnodes=1", "--nproc_per_node=2",
                 *[a for a in argv[1:] if not a.startswith(("--nproc_per_node", "--nnodes", "--standalone"))]]
     return argv
+
+
+def _tiny_study(tmp_path: Path, data: Path) -> Path:
+    """The README's study file with a tiny grid: its first pipeline on tiny data, erm and kd, two seeds."""
+    import yaml
+
+    study = yaml.safe_load((REPO / "configs" / "studies" / "isic2017_demo.yaml").read_text())
+    pipe = {**study["pipelines"][0], "dataset_dir": str(data), "shortcuts": study["pipelines"][0]["shortcuts"][:1],
+            "settings": {"image_size": 16, "architecture": "resnet10", "arch_kwargs": {"widen_factor": 0.25},
+                         "epochs": 1, "batch_size": 16, "teacher_epochs": 1, "specialist_size": 16,
+                         "val_annotated_size": 16, "n_bootstrap": 20, "num_workers": 0, "distill": {"probe_epochs": 1}}}
+    pipe.pop("synthetic_n", None)
+    space = {m: study["tuning"]["search_space"][m] for m in ("erm", "kd")}
+    tiny = {**study, "pipelines": [pipe], "methods": ["erm", "kd"], "variants": {}, "seeds": [0, 1], "device": "cpu",
+            "tuning": {**study["tuning"], "trials": 2, "search_space": space}}
+    path = tmp_path / "tiny_study.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    return path
 
 
 def test_readme_commands(tmp_path_factory, tmp_path):
@@ -78,7 +99,9 @@ def test_readme_commands(tmp_path_factory, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     paths = {"/data/ISIC2017": str(isic), "/path/to/new_cases": str(cases),
-             "configs/protocols/": str(REPO / "configs" / "protocols") + "/", "demo_out": str(tmp_path / "demo")}
+             "configs/protocols/": str(REPO / "configs" / "protocols") + "/", "demo_out": str(tmp_path / "demo"),
+             "study_config": str(_tiny_study(tmp_path, dataset_dir(tmp_path_factory, "isic2017", n=160))),
+             "study_out": str(tmp_path / "study")}
     cwd = work
     ran = 0
     for command in documented_commands(REPO / "README.md"):
@@ -92,6 +115,7 @@ def test_readme_commands(tmp_path_factory, tmp_path):
         ran += 1
     assert ran >= 15
     assert (bundle / "eval" / "models" / "model.ts").is_file() and (work / "runs" / "isic" / "report.md").is_file()
+    assert (tmp_path / "study" / "study.md").is_file()
     # the ISIC bundle's own README, from its folder, on the stages the README above has trained
     paths["/path/to/data"] = str(isic)
     for command in documented_commands(bundle / "docs" / "README.md"):

@@ -12,6 +12,7 @@ wrote, with errors a user can act on.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 
 import torch
@@ -26,8 +27,16 @@ STATE_DICT_KEYS = ("model", "network", "net", "state_dict", "student")
 (``model`` / ``network``: this toolkit's stages and bundles; the others: common ``CheckpointSaver``
 ``save_dict`` names)."""
 
-_DAMAGED_FIX = ("delete it and rerun the stage that writes it; a resumable run restarts from its last good "
-                "checkpoint.")
+_DAMAGED_FIX = ("delete it and rerun the stage that writes it; a stage resumes from its '<stage>_last.pt' when that "
+                "one is intact (its last good checkpoint, saved at the end of every epoch), else it starts over.")
+_DAMAGED_LAST_FIX = ("delete it and rerun the stage: this is the stage's own last state (its last good checkpoint "
+                     "is lost), so the stage starts over.")
+
+
+def _damaged_fix(path: str) -> str:
+    """The fix of a damaged file: a ``<stage>_last.pt`` is the resume state itself, anything else is rewritten by
+    the stage that writes it (which resumes from its own last state when that one is intact)."""
+    return _DAMAGED_LAST_FIX if os.path.basename(path).endswith("_last.pt") else _DAMAGED_FIX
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -84,9 +93,18 @@ def read_state_dict(path: str | os.PathLike, *, written_by: str | None = None) -
     except Exception as e:
         # a truncated or garbled file makes torch.load raise nearly any type (RuntimeError from the zip
         # reader, UnpicklingError, EOFError, KeyError, IndexError, struct.error, UnicodeDecodeError, ...)
-        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch adds paragraphs of advice
+        text = str(e)
+        if "WeightsUnpickler error:" in text:  # torch's own words come after its paragraphs about weights_only
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        reason = (text.strip().splitlines() or [""])[0].split(". ")[0][:200]
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in reason:
+            # an intact torch file holding Python objects: weights_only refuses to import their classes
+            raise DataError(f"the file holds pickled Python objects, not a state dict of tensors ({reason}).",
+                            file=path, fix="save network.state_dict() (or a dict holding it under 'model' or "
+                                           "'network'); if a stage of this toolkit wrote the file, "
+                                           + _damaged_fix(path)) from e
         raise DataError(f"the checkpoint is damaged: truncated, corrupt or not a torch file "
-                        f"({type(e).__name__}: {reason}).", file=path, fix=_DAMAGED_FIX) from e
+                        f"({type(e).__name__}: {reason}).", file=path, fix=_damaged_fix(path)) from e
     if _is_state_dict(obj):
         return dict(obj)
     if isinstance(obj, Mapping):
@@ -95,6 +113,35 @@ def read_state_dict(path: str | os.PathLike, *, written_by: str | None = None) -
                 return dict(obj[key])
     raise DataError(f"no model weights found: the file holds {_describe(obj)}, not a state dict.", file=path,
                     fix="save network.state_dict(), or a dict holding it under 'model' or 'network'.")
+
+
+def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                    strict: bool = True) -> str | None:
+    """The first key where the state dict ``found`` (a checkpoint's) does not fit ``expected`` (a network's).
+
+    Args:
+        expected: the network's ``state_dict()``.
+        found: the checkpoint's state dict.
+        strict: also report keys missing from ``found`` or not in ``expected`` (as ``load_state_dict``);
+            shapes are compared either way.
+
+    Returns:
+        a sentence naming the key and what differs (the shapes, or which side lacks it), or None when it fits.
+    """
+    for key, value in expected.items():
+        if key not in found:
+            if strict:
+                return f"key '{key}' of the network is missing from the checkpoint"
+            continue
+        theirs = found[key]
+        if tuple(theirs.shape) != tuple(value.shape):
+            return (f"key '{key}' has shape {tuple(theirs.shape)} in the checkpoint but {tuple(value.shape)} in the "
+                    f"network")
+    if strict:
+        for key in found:
+            if key not in expected:
+                return f"key '{key}' of the checkpoint is not in the network"
+    return None
 
 
 def load_weights(
@@ -121,18 +168,23 @@ def load_weights(
         ``network`` (the object passed in, moved to ``device`` when given).
 
     Raises:
-        DataError: naming the file, when it cannot be read or its weights do not fit the network (as with
-            ``load_state_dict``, the parameters that did fit may have been copied by then).
+        DataError: naming the file, when it cannot be read or its weights do not fit the network (naming
+            the first mismatching key; found before any weight is copied).
     """
     state = read_state_dict(path, written_by=written_by)
+    target = unwrap(network)
+    mismatch = _first_mismatch(target.state_dict(), state, strict=strict)
+    fit_fix = ("build the network with the architecture / network_def (and options such as widths) the checkpoint "
+               "was trained with.")
+    if mismatch is not None:  # found before anything is copied: the network is left as it was
+        raise DataError(f"the weights do not fit the {type(target).__name__} network: {mismatch}.",
+                        file=os.fspath(path), fix=fit_fix)
     try:
-        unwrap(network).load_state_dict(state, strict=strict)
-    except RuntimeError as e:  # missing / unexpected keys or a size mismatch
+        target.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # what the check above does not foresee (a module's own load hooks)
         detail = " ".join(str(e).split())[:300]
-        raise DataError(f"the weights do not fit the {type(unwrap(network)).__name__} network ({detail}).",
-                        file=os.fspath(path),
-                        fix="build the network with the architecture / network_def (and options such as widths) "
-                            "the checkpoint was trained with.") from e
+        raise DataError(f"the weights do not fit the {type(target).__name__} network ({detail}).",
+                        file=os.fspath(path), fix=fit_fix) from e
     if device is not None:
         network = network.to(device)
     if frozen:

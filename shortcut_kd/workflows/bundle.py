@@ -10,6 +10,8 @@ library) and is named by ``_target_`` or a short ``$`` expression:
 - :func:`load_network`: a network with the weights of a checkpoint, frozen (the distillation teacher).
 - :class:`ResumableCheckpoint`: the last training state every epoch under a fixed name, loaded back when
   it exists (resume).
+- :class:`FiniteLossGuard`: stop training at the first iteration whose loss (or a loss term) is NaN or
+  infinite, naming the iteration and every term (:class:`TrainingError`), before a bad state is saved.
 - :class:`TeacherProbesHandler`: when the teacher's training completes, fit and save its tap probes.
 - :class:`SampleIdRecorder`: which sample ids this process trained on, per epoch (checks DDP shards).
 - :func:`split_loaders` / :func:`test_loaders`: a loader per test set, or per view of the bias-annotated
@@ -21,9 +23,11 @@ library) and is named by ``_target_`` or a short ``$`` expression:
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 import torch
 from ignite.engine import Engine, Events
@@ -32,7 +36,7 @@ from torch import nn
 if TYPE_CHECKING:
     from monai.engines import Workflow
 
-from shortcut_kd.errors import ConfigError, DataError
+from shortcut_kd.errors import ConfigError, DataError, ShortcutKDError
 from shortcut_kd.io import save_torch, write_json
 
 __all__ = [
@@ -42,6 +46,8 @@ __all__ = [
     "load_network",
     "is_rank0",
     "ResumableCheckpoint",
+    "FiniteLossGuard",
+    "TrainingError",
     "TeacherProbesHandler",
     "SampleIdRecorder",
     "InitialWeights",
@@ -319,6 +325,104 @@ class SaveFinalModel:
 
         save_torch(self.path, unwrap(self.network).state_dict())
         logger.info("saved %s (epoch %d)", self.path, engine.state.epoch)
+
+
+class TrainingError(ShortcutKDError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN): names the stage, the epoch, the iteration, what went wrong
+    and the fix.
+
+    Args:
+        message: what went wrong, where.
+        fix: what the user should do about it.
+        epoch: the epoch (1-based) it happened in.
+        iteration: the trainer's iteration (1-based, counted over all epochs).
+        terms: the loss terms at that iteration (name -> value).
+    """
+
+    def __init__(self, message: str, fix: str, epoch: int | None = None, iteration: int | None = None,
+                 terms: Mapping[str, float] | None = None) -> None:
+        self.fix, self.epoch, self.iteration = fix, epoch, iteration
+        self.terms = dict(terms or {})
+        super().__init__(f"{message} Fix: {fix}")
+
+
+class FiniteLossGuard:
+    """Stop training at the first iteration whose loss, or any scalar loss term, is NaN or infinite.
+
+    Attached on ``Events.ITERATION_COMPLETED``: it reads ``engine.state.output`` (a dict, or MONAI's decollated
+    list of dicts) and checks ``loss`` and every other scalar entry (the terms the distillation handler adds:
+    ``task_loss``, ``kd_<tap>``, ``kd_final``, ``kd_total``; GroupDRO's reweighted loss). A non-finite one
+    raises :class:`TrainingError` naming the epoch, the iteration and every term with its value. It fires
+    before the epoch's end, so :class:`ResumableCheckpoint` never saves the diverged state: the stage's
+    ``<stage>_last.pt`` stays the one of the last finished epoch, and :class:`SaveFinalModel` writes nothing.
+
+    Bundle config (``train#handlers``)::
+
+        {"_target_": "shortcut_kd.workflows.bundle.FiniteLossGuard", "stage": "@stage", "ckpt_dir": "@ckpt_dir"}
+
+    Args:
+        stage: the stage (``erm``, ``teacher``, ``kd``, ...), for the name of its last state in the message.
+        ckpt_dir: the folder of ``<stage>_last.pt`` (the bundle's ``ckpt_dir``), named in the message.
+        loss_key: the key of the total loss in the output.
+        ignore_keys: output entries that are data, not loss terms (a decollated item's ``label`` is a scalar).
+        enabled: False switches the check off.
+    """
+
+    def __init__(self, stage: str = "erm", ckpt_dir: str | os.PathLike | None = None, loss_key: str = "loss",
+                 ignore_keys: Sequence[str] = ("image", "label", "pred"), enabled: bool = True) -> None:
+        self.stage, self.loss_key, self.enabled = str(stage), str(loss_key), bool(enabled)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.ignore_keys = frozenset(str(k) for k in ignore_keys)
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: the trainer (a MONAI ``SupervisedTrainer``).
+        """
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def terms(self, output: Any) -> dict[str, float]:
+        """The scalar loss terms of an engine output (``loss`` first), as floats; non-scalar entries and
+        ``ignore_keys`` are left out."""
+        first = output[0] if isinstance(output, (list, tuple)) and output else output
+        if not isinstance(first, Mapping):
+            return {}
+        found: dict[str, float] = {}
+        for key, value in first.items():
+            if str(key) in self.ignore_keys and str(key) != self.loss_key:
+                continue
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1 or value.is_complex():
+                    continue
+                found[str(key)] = float(value.detach().float().cpu())
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                found[str(key)] = float(value)
+        if self.loss_key in found:
+            found = {self.loss_key: found.pop(self.loss_key), **found}
+        return found
+
+    def __call__(self, engine: Engine) -> None:
+        terms = self.terms(engine.state.output)
+        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+        if not bad:
+            return
+        epoch, iteration = int(engine.state.epoch), int(engine.state.iteration)
+        length = engine.state.epoch_length
+        where = f"epoch {epoch}, iteration {iteration}"
+        if length:
+            where += f" (iteration {(iteration - 1) % int(length) + 1} of {int(length)} in the epoch)"
+        values = ", ".join(f"{k}={v!r}" for k, v in terms.items())
+        last = (self.ckpt_dir / f"{self.stage}_last.pt") if self.ckpt_dir is not None else Path(f"{self.stage}_last.pt")
+        if epoch > 1:
+            kept = f"the last good checkpoint {last} (the end of epoch {epoch - 1}) is kept: a rerun resumes from it."
+        else:
+            kept = f"no epoch had finished, so there is no last good checkpoint ({last}) yet."
+        raise TrainingError(f"stage '{self.stage}': the loss is not finite at {where}: {', '.join(bad)} "
+                            f"({values}).",
+                            fix="lower the learning rate (optimizer#lr) or turn AMP off (amp), and check the inputs "
+                                f"for NaN / Inf values (images, labels, the shortcut parameters); {kept}",
+                            epoch=epoch, iteration=iteration, terms=terms)
 
 
 class TeacherProbesHandler:

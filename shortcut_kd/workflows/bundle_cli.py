@@ -13,6 +13,7 @@ with ``bundle_root``, ``dataset_dir`` and ``output_dir`` filled in, so a bundle 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -20,8 +21,8 @@ from typing import Any
 
 from shortcut_kd.errors import ConfigError, ShortcutKDError
 
-__all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundle_overrides", "make_workflow",
-           "toolkit_error", "add_arguments", "run"]
+__all__ = ["BUNDLE_STAGES", "ALIASES", "resolve_bundle", "stage_configs", "bundle_overrides", "config_ids",
+           "make_workflow", "toolkit_error", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,21 @@ def _parse_value(raw: str) -> Any:
 
 
 def bundle_overrides(args: argparse.Namespace, bundle_dir: Path, stage: str) -> dict[str, Any]:
-    """Config overrides from the command line (``bundle_root``, ``dataset_dir``, ``output_dir``, epochs, --set)."""
+    """Config overrides from the command line (``bundle_root``, ``dataset_dir``, ``output_dir``, epochs, --set).
+
+    Every ``--set`` id is checked against the stage's merged config (:func:`config_ids`) before anything runs: it
+    must name an existing id, or a new key of an existing dict that something reads (a plain dict, or an argument
+    of a component's ``_target_``); a typo is refused naming the nearest ids.
+
+    Args:
+        args: the parsed ``shortcut-kd run`` arguments (:func:`add_arguments`).
+        bundle_dir: the bundle folder (:func:`resolve_bundle`).
+        stage: the bundle stage (or an alias).
+
+    Raises:
+        ConfigError: a malformed ``--set`` item, ``--epochs`` for a stage that does not train, or an override id
+            the config does not have (named with the nearest ids).
+    """
     bundle_root = Path(args.bundle_root).resolve() if args.bundle_root else bundle_dir
     overrides: dict[str, Any] = {"bundle_root": str(bundle_root)}
     if args.dataset_dir:
@@ -100,12 +115,132 @@ def bundle_overrides(args: argparse.Namespace, bundle_dir: Path, stage: str) -> 
         if ALIASES.get(stage, stage) in ("inference", "evaluate"):
             raise ConfigError("--epochs", args.epochs, f"the '{stage}' stage does not train; leave --epochs out.")
         overrides["train#trainer#max_epochs"] = int(args.epochs)
+    merged = None
     for item in args.set:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError("--set", item, "write KEY=VALUE, e.g. --set shortcut#p_bias_pos=0.9")
-        overrides[key.strip()] = _parse_value(raw)
+        value = _parse_value(raw)
+        if merged is None:  # the stage's config, read before anything runs
+            merged = _merged_config(args, bundle_dir, stage)
+        _check_override_id(key, value, config_ids(merged.get()), stage)
+        merged[key] = copy.deepcopy(value)  # a later --set may name what this one adds (a new _target_'s arguments)
+        overrides[key] = value
     return overrides
+
+
+_SPECIAL_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+"""Keys MONAI reads inside a component dict (``monai.bundle.config_item.ConfigComponent``)."""
+
+
+def config_ids(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every id of a (merged) bundle config: ``#``-joined dict keys and list indices -> the value there.
+
+    Args:
+        config: the config content (``ConfigParser.get()``).
+        prefix: the id of ``config`` itself (``""``: the root, left out of the result).
+
+    Returns:
+        ``{id: value}`` for every nested dict entry and list item, e.g. ``train#trainer#max_epochs``,
+        ``train#handlers#0``.
+    """
+    ids: dict[str, Any] = {}
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        child = f"{prefix}#{key}" if prefix else str(key)
+        ids[child] = value
+        ids.update(config_ids(value, child))
+    return ids
+
+
+def _merged_config(args: argparse.Namespace, bundle_dir: Path, stage: str) -> Any:
+    """A ``ConfigParser`` of the config :func:`make_workflow` builds for ``stage`` before overrides: its files
+    merged, the metadata under ``_meta_`` and the top-level ids a ``--tracking`` setting adds."""
+    from monai.bundle import ConfigParser
+
+    files, _ = stage_configs(bundle_dir, stage)
+    if getattr(args, "multi_gpu", False):
+        files.append(str(bundle_dir / "configs" / "multi_gpu_train.json"))
+    parser = ConfigParser()
+    parser.read_config(f=files)
+    meta = bundle_dir / "configs" / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(f=str(meta))
+    tracking = getattr(args, "tracking", None)
+    if tracking:
+        from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+        config = parser.get()
+        try:
+            settings: Any = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) or ConfigParser.load_config_files(tracking)
+            for key, value in dict(settings.get("configs", {})).items():
+                config.setdefault(key, value)
+            config.setdefault("save_execute_config", True)
+        except Exception:  # an unreadable tracking file fails with MONAI's own error when the workflow is built
+            pass
+    return parser
+
+
+def _target_parameters(component: dict) -> set[str] | None:
+    """The keyword arguments the ``_target_`` of a component dict accepts; None when it takes ``**kwargs`` or
+    cannot be resolved here (an expression, an import that fails): then any key may be right."""
+    import inspect
+    import warnings
+
+    from monai.bundle.config_item import ComponentLocator, ConfigComponent
+    from monai.utils.module import locate
+
+    if not isinstance(component.get("_target_"), str) or component["_target_"].startswith(("$", "@", "%")):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            name = ConfigComponent(config=component, locator=ComponentLocator()).resolve_module_name()
+            target: Any = locate(name) if isinstance(name, str) else name
+            parameters = inspect.signature(target).parameters.values() if target is not None else None
+    except Exception:
+        return None
+    if parameters is None:
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _check_override_id(key: str, value: Any, known: dict[str, Any], stage: str) -> None:
+    """Refuse an override id that is neither an id of the merged config nor a new key that something reads: a new
+    key in a plain (non-component) dict, a special key or an argument of a component's ``_target_``.
+
+    Raises:
+        ConfigError: naming the id and the nearest existing ids.
+    """
+    import difflib
+
+    normal = key.replace("::", "#")
+    if normal in known:
+        return
+    parent, _, child = normal.rpartition("#")
+    container = known.get(parent) if parent else None
+    candidates = list(known)
+    if isinstance(container, dict):
+        accepted = _target_parameters(container) if "_target_" in container else None
+        if "_target_" not in container or child in _SPECIAL_KEYS or accepted is None or child in accepted:
+            return
+        candidates += [f"{parent}#{name}" for name in sorted(accepted)]
+    near = difflib.get_close_matches(normal, list(dict.fromkeys(candidates)), n=5, cutoff=0.6)
+    if isinstance(container, dict) and "_target_" in container:
+        what = f"'{parent}' ({container['_target_']}) takes no argument '{child}'"
+    elif isinstance(container, list):
+        what = f"'{parent}' is a list of {len(container)} items"
+    elif parent and parent not in known:
+        what = f"the config has no '{parent}'"
+    else:
+        what = f"the {stage} config has no id '{normal}'"
+    hint = f" Did you mean '{near[0]}'? Nearest ids: {near}." if near else \
+        " Look the ids up in the bundle's configs/*.json ('#' joins the nested keys)."
+    raise ConfigError(key, value, f"{what}: an override must name an existing id, or a new key of an existing "
+                                  f"dict that something reads.{hint}")
 
 
 def make_workflow(bundle: str, stage: str, overrides: dict[str, Any] | None = None, tracking: str | None = None,

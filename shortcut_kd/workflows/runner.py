@@ -74,10 +74,22 @@ def run_stage(exp: "Experiment", method: str, fresh: bool = False, progress: boo
     Its upstream stages run first (or are reused). An interrupted run with the same fingerprint resumes
     from its last state; one with other settings starts over. ``fresh=True`` reruns it whatever is recorded.
     A reused run that was scored on the other evaluation is scored on this one and its record updated.
+
+    Only one run works in an output folder at a time: the stage holds ``exp.root``'s
+    :class:`~shortcut_kd.workflows.lock.OutputLock` (re-entrant for its upstream stages); a second run on the
+    same folder is refused with a ``ConfigError`` naming the holder, and a crashed run's stale lock is taken over.
     """
     if evaluation not in EVALUATIONS:
         raise ConfigError("evaluation", evaluation, f"use one of {list(EVALUATIONS)}.")
     exp.check_method(method)
+    from shortcut_kd.workflows.lock import OutputLock
+
+    with OutputLock(exp.root):
+        return _run_stage(exp, method, fresh, progress, evaluation)
+
+
+def _run_stage(exp: "Experiment", method: str, fresh: bool, progress: bool, evaluation: str) -> dict:
+    """:func:`run_stage` once the output folder is locked."""
     exp.prepare_splits()
     for needed in upstream_methods(exp, method):
         run_stage(exp, needed, progress=progress, evaluation=evaluation)

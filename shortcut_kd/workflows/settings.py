@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,20 @@ never per method."""
 
 
 def _from_dict(cls: type, data: dict, where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """``cls(**data)``, with a ``ConfigError`` naming the first unknown key, the nearest known one and all of them.
+
+    Args:
+        cls: the settings dataclass.
+        data: its fields.
+        where: the prefix of the key in the error (``settings``, ``distill``, ``baselines``).
+    """
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", data[unknown[0]], f"known keys are {sorted(names)}.")
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}.{key}", data[key], f"{hint}known keys are {names}.")
     return cls(**data)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflows import make_isic_tree
 
 from shortcut_kd.cli import main
 from shortcut_kd.errors import ConfigError
@@ -25,12 +26,7 @@ TINY = {"image_size": 16, "architecture": "resnet10", "arch_kwargs": {"widen_fac
 
 @pytest.fixture(scope="module")
 def isic_tree(tmp_path_factory):
-    from shortcut_kd.data.synthetic import synthesize
-
-    root = tmp_path_factory.mktemp("study_isic")
-    synthesize("isic2017", root / "iid", n=160, seed=0, image_size=16)
-    synthesize("isic2017", root / "ood", n=30, seed=1, variant="ood", image_size=16)
-    return root
+    return make_isic_tree(tmp_path_factory.mktemp("study_isic"), n=160)
 
 
 def _study_file(path: Path, tree: Path, **changes) -> Path:

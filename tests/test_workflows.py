@@ -14,14 +14,18 @@ TINY = dict(image_size=16, architecture="resnet10", arch_kwargs={"widen_factor":
             distill={"probe_epochs": 1, "lr": 5e-4})
 
 
-@pytest.fixture(scope="module")
-def isic_tree(tmp_path_factory):
+def make_isic_tree(root, n: int = 120):
+    """A tiny ISIC-like tree (``iid``) and its shifted source (``ood``) under ``root``."""
     from shortcut_kd.data.synthetic import synthesize
 
-    root = tmp_path_factory.mktemp("isic")
-    synthesize("isic2017", root / "iid", n=120, seed=0, image_size=16)
+    synthesize("isic2017", root / "iid", n=n, seed=0, image_size=16)
     synthesize("isic2017", root / "ood", n=30, seed=1, variant="ood", image_size=16)
     return root
+
+
+@pytest.fixture(scope="module")
+def isic_tree(tmp_path_factory):
+    return make_isic_tree(tmp_path_factory.mktemp("isic"))
 
 
 def _settings(isic_tree, out, **changes):

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from shortcut_kd.errors import ConfigError
+from shortcut_kd.workflows.settings import nested_settings as nested
 
 __all__ = ["Pipeline", "StudyConfig", "read_study", "nested"]
 
@@ -50,18 +51,6 @@ def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
             near = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise ConfigError(f"{where}{key}", data[key], f"{hint}known keys are {list(allowed)}.")
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"distill.weight": 5, "lr": 1e-3}`` -> ``{"distill": {"weight": 5}, "lr": 1e-3}`` (settings form)."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        head, _, tail = key.partition(".")
-        if tail:
-            out.setdefault(head, {})[tail] = value
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass

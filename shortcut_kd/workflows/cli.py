@@ -39,19 +39,16 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
 def parse_overrides(items: list[str]) -> dict:
     """``--set key=json`` items as a nested dict (``distill.weight=30`` -> ``{"distill": {"weight": 30}}``);
     a value that is not JSON is taken as a string."""
-    nested: dict = {}
+    from shortcut_kd.workflows.settings import nested_settings
+
+    flat: dict = {}
     for item in items:
         key, _, raw = item.partition("=")
         try:
-            value = json.loads(raw)
+            flat[key] = json.loads(raw)
         except json.JSONDecodeError:
-            value = raw
-        head, _, tail = key.partition(".")
-        if tail:
-            nested.setdefault(head, {})[tail] = value
-        else:
-            nested[head] = value
-    return nested
+            flat[key] = raw
+    return nested_settings(flat)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

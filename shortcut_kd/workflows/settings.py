@@ -190,6 +190,18 @@ SHARED_KEYS = ("dataset", "dataset_dir", "output_dir", "ood_dir", "shortcut", "s
 never per method."""
 
 
+def nested_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as settings: ``{"distill.weight": 5, "lr": 1e-3}`` -> ``{"distill": {"weight": 5}, "lr": 1e-3}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _from_dict(cls: type, data: dict, where: str) -> Any:
     """``cls(**data)``, with a ``ConfigError`` naming the first unknown key, the nearest known one and all of them.
 

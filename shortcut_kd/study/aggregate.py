@@ -114,6 +114,19 @@ def _wall_seconds(out: Path) -> float | None:
     return (max(stamps) - min(stamps)).total_seconds() if stamps else None
 
 
+def _run_environments(cfg: StudyConfig, out: Path) -> dict:
+    """What the cells ran with (from their results' provenance): commits, versions, devices, threads."""
+    seen: dict[str, set] = {k: set() for k in ("git_commit", "shortcut_kd", "torch", "monai", "device", "threads")}
+    for dataset, shortcut in cfg.cells():
+        for seed in cfg.seeds:
+            path = cell_dir(out, dataset, shortcut, seed) / "results.json"
+            if path.is_file():
+                prov = read_json(path).get("provenance") or {}
+                for key in seen:
+                    seen[key].add(str(prov.get(key)))
+    return {k: sorted(v) for k, v in seen.items()}
+
+
 def _tuning_cost(out: Path, dataset: str, shortcut: str) -> dict[str, dict]:
     path = out / "tune" / dataset / shortcut / "trials.json"
     cost: dict[str, dict] = {}
@@ -163,9 +176,11 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
     if any(c["rows"] for c in cells.values()):
         _plot_cells(cells, out / "figures" / "conflicting_auc.png")
         figures["Conflicting-test AUC, mean ± sd over seeds"] = "figures/conflicting_auc.png"
+    runs_env = _run_environments(cfg, out)
     study = {"schema": STUDY_SCHEMA, "name": cfg.name, "config": cfg.to_dict(), "selection": SELECTION_RULE,
              "primary": {"test": PRIMARY[0], "metric": PRIMARY[1]}, "cells": cells, "ranks": ranks,
-             "figures": figures, "wall_seconds": _wall_seconds(out), "environment": environment()}
+             "figures": figures, "wall_seconds": _wall_seconds(out), "environment": environment(),
+             "runs": runs_env}
     write_json(out / "study.json", study)
     write_text(out / "study.md", format_study(study))
     return study
@@ -239,10 +254,14 @@ def format_study(study: dict) -> str:
     for caption, path in study["figures"].items():
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
     env = study["environment"]
+    runs = study.get("runs") or {}
     wall = study.get("wall_seconds")
     lines += ["## Provenance", "",
-              f"shortcut-kd {env.get('shortcut_kd')} (commit {env.get('git_commit') or 'not a git checkout'}), torch "
-              f"{env.get('torch')}, MONAI {env.get('monai')}, {env.get('platform')}, {env.get('threads')} threads"
+              f"The cells ran shortcut-kd {', '.join(runs.get('shortcut_kd', [])) or '?'} (commit "
+              f"{', '.join(runs.get('git_commit', [])) or '?'}), torch {', '.join(runs.get('torch', [])) or '?'}, "
+              f"MONAI {', '.join(runs.get('monai', [])) or '?'}, device {', '.join(runs.get('device', [])) or '?'}, "
+              f"{', '.join(runs.get('threads', [])) or '?'} thread(s) per worker; aggregated by commit "
+              f"{env.get('git_commit') or 'not a git checkout'} on {env.get('platform')}"
               + (f"; wall time from the first job to the last {wall / 60:.1f} min" if wall else "") + ". Each cell's "
               "`results.json` and each stage's `stages/<method>.json` hold the resolved settings, split hash, "
               "upstream checkpoint hashes and timing.", ""]

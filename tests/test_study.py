@@ -149,3 +149,15 @@ def test_two_workers_run_every_job_exactly_once(tmp_path, isic_tree):
     assert len({line.split()[1] for line in lines}) == 2  # both workers took jobs
     study = json.loads((out / "study.json").read_text())
     assert study["cells"]["isic2017/patch"]["rows"]["erm"]["seeds"] == [0, 1, 2]
+
+
+def test_readme_headline_is_generated_from_the_committed_study(monkeypatch):
+    """README.md's headline tables are exactly what the committed study.json gives."""
+    from shortcut_kd.study.aggregate import update_readme
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    source = "benchmarks/study/isic2017_demo/study.json"
+    assert update_readme(repo / "README.md", repo / source, source=source, check=True) is False, (
+        "regenerate: shortcut-kd study configs/studies/isic2017_demo.yaml --out benchmarks/study/isic2017_demo "
+        "--aggregate-only --readme README.md")

@@ -52,7 +52,8 @@ def _bundle_names() -> dict[str, str]:
 
 
 def _default_bundles_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "bundles"
+    """The bundles shipped with the package (in a checkout, ``shortcut_kd/bundles`` links to ``bundles/``)."""
+    return Path(__file__).resolve().parents[1] / "bundles"
 
 
 def resolve_bundle(bundle: str, bundles_dir: str | Path | None = None) -> Path:

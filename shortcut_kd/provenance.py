@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_sha256", "json_sha256", "git_commit", "environment", "relative_paths"]
+__all__ = ["file_sha256", "json_sha256", "git_commit", "environment", "relative_paths", "portable_paths"]
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:
@@ -81,3 +81,10 @@ def relative_paths(data: Any, base: str | os.PathLike) -> Any:
         return value
 
     return convert(data)
+
+
+def portable_paths(data: Any, base: str | os.PathLike) -> Any:
+    """``data`` with folders inside ``base`` (a run's output) and inside the shortcut-kd installation (its
+    bundles and presets) written relative to them: what a committed or shared results file should hold."""
+    source_root = Path(__file__).resolve().parents[1]
+    return relative_paths(relative_paths(data, base), source_root)

@@ -199,7 +199,7 @@ def _wait_for_tuning(out: Path, dataset: str, shortcut: str, wait_s: float, time
 def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int, wait_s: float = 5.0,
              timeout_s: float | None = None, failed: Callable[[], bool] | None = None) -> dict:
     """The methods (and variants) of the study on one reported seed, with the tuned settings."""
-    from shortcut_kd.provenance import relative_paths
+    from shortcut_kd.provenance import portable_paths
     from shortcut_kd.workflows.experiment import Experiment
     from shortcut_kd.workflows.protocol import collect_results
     from shortcut_kd.workflows.runner import run_stage
@@ -214,7 +214,7 @@ def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int
         run_stage(exp, method, progress=False)
     results = collect_results(exp, methods)
     results["study"] = {"name": cfg.name, "tuned_settings": chosen}
-    write_json(folder / "results.json", relative_paths(results, out))
+    write_json(folder / "results.json", portable_paths(results, out))
     for name, spec in cfg.variants.items():
         method = spec["method"]
         variant_methods = {**per_method, method: _deep_merge(per_method.get(method, {}), spec.get("settings") or {})}
@@ -225,5 +225,5 @@ def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int
         run_stage(vexp, method, progress=False)
         vresults = collect_results(vexp, [method])
         vresults["study"] = {"name": cfg.name, "variant": name, "of": method, "settings": spec.get("settings")}
-        write_json(vfolder / "results.json", relative_paths(vresults, out))
+        write_json(vfolder / "results.json", portable_paths(vresults, out))
     return {"dataset": dataset, "shortcut": shortcut, "seed": seed, "methods": sorted(results["methods"])}

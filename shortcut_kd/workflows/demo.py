@@ -103,10 +103,10 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
             # relative to results.json, so the output folder can be moved or shared
             made["figures"] = {c: os.path.relpath(path, out) for c, path in made["figures"].items()}
             result.update(made)
-    from shortcut_kd.provenance import relative_paths
+    from shortcut_kd.provenance import portable_paths
 
     # the folders the demo made are written relative to out/, so results.json names no machine path
-    combined = relative_paths({"schema": "shortcut-kd/results-set/v1", "experiments": experiments}, out)
+    combined = portable_paths({"schema": "shortcut-kd/results-set/v1", "experiments": experiments}, out)
     write_json(out / "results.json", combined)
     from shortcut_kd.evaluation.report import write_report
 

@@ -54,8 +54,8 @@ def run_protocol(settings: ExperimentSettings, methods: Sequence[str] = QUICK_ME
     for i, method in enumerate(ordered, 1):
         logger.info("[%d/%d] %s", i, len(ordered), method)
         run_stage(exp, method, fresh=fresh, progress=progress)
-    from shortcut_kd.provenance import relative_paths
+    from shortcut_kd.provenance import portable_paths
 
     results = collect_results(exp, ordered)
-    write_json(exp.root / "results.json", relative_paths(results, exp.root))
+    write_json(exp.root / "results.json", portable_paths(results, exp.root))
     return results

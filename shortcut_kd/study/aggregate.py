@@ -14,7 +14,7 @@ from shortcut_kd.study.tuning import SELECTION_RULE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INFORMATION", "aggregate", "PRIMARY"]
+__all__ = ["INFORMATION", "aggregate", "PRIMARY", "format_cell", "headline", "update_readme"]
 
 STUDY_SCHEMA = "shortcut-kd/study/v1"
 PRIMARY = ("conflicting", "auc")
@@ -240,7 +240,7 @@ def format_study(study: dict) -> str:
              "seeds (mean of per-seed differences), with its 95 % CI and two-sided p; W/T/L counts the seeds where "
              "KD is significantly better / not different / significantly worse (p < 0.05).", ""]
     for name, cell in study["cells"].items():
-        lines += [f"## {name}", "", *_cell_lines(cell, tuning=True)]
+        lines += [f"## {name}", "", *format_cell(cell, tuning=True)]
     ranks = study["ranks"]
     lines += ["## Ranks across cells", ""]
     if ranks.get("friedman"):
@@ -268,7 +268,7 @@ def format_study(study: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell_lines(cell: dict, tuning: bool) -> list[str]:
+def format_cell(cell: dict, tuning: bool) -> list[str]:
     """One pipeline × shortcut: the table (and the chosen settings when ``tuning``)."""
     lines: list[str] = []
     if not cell["rows"]:
@@ -320,7 +320,7 @@ def headline(study: dict, source: str) -> str:
     for name, cell in study["cells"].items():
         done = sorted({k for row in cell["rows"].values() for k in row["seeds"]})
         status = "" if done == sorted(study["config"]["seeds"]) else f" — partial: seeds {done} of {seeds} finished"
-        lines += [f"**{name}** (mean ± sd over seeds {seeds}; `{source}`){status}", "", *_cell_lines(cell, False)]
+        lines += [f"**{name}** (mean ± sd over seeds {seeds}; `{source}`){status}", "", *format_cell(cell, False)]
     ranks = study["ranks"]
     if ranks.get("friedman"):
         avg = sorted(ranks["average_ranks"].items(), key=lambda kv: kv[1])

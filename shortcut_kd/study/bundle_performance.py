@@ -125,7 +125,7 @@ def _study_cells(study: dict, bundle_dir: Path, source: str) -> dict[str, dict]:
 
 
 def _study_section(study: dict, bundle_dir: Path, source: str, command: str) -> str:
-    from shortcut_kd.study.aggregate import _cell_lines
+    from shortcut_kd.study.aggregate import format_cell
 
     cells = _study_cells(study, bundle_dir, source)
     synthetic = all(p.get("synthetic_n") for p in study["config"]["pipelines"])
@@ -138,7 +138,7 @@ def _study_section(study: dict, bundle_dir: Path, source: str, command: str) -> 
              + ("The data are the synthetic data of the embedded default, not the real dataset: the numbers show "
                 "what the pipeline measures, not how a model does on real images." if synthetic else ""), ""]
     for name, cell in cells.items():
-        parts += [f"**{name}**", "", *_cell_lines(cell, tuning=False)]
+        parts += [f"**{name}**", "", *format_cell(cell, tuning=False)]
     sha = file_sha256(source) or "?"
     runs = study.get("runs") or {}
 

@@ -79,11 +79,11 @@ def data_dirs(cfg: StudyConfig, dataset: str, out: Path) -> tuple[str, str | Non
     pipe = cfg.pipeline(dataset)
     if pipe.dataset_dir:
         return pipe.dataset_dir, pipe.ood_dir
-    from shortcut_kd.workflows.demo import ensure_synthetic
+    from shortcut_kd.workflows.demo import ensure_synthetic, ood_size
 
     n = int(pipe.synthetic_n or 0)
     data = ensure_synthetic(dataset, out, n, 0, "iid")
-    ood = ensure_synthetic(dataset, out, max(n // 5, 50), 0, "ood")
+    ood = ensure_synthetic(dataset, out, ood_size(n), 0, "ood")
     return str(data), str(ood)
 
 

@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def ood_size(n: int) -> int:
+    """The size of the shifted (OOD) source generated beside ``n`` synthetic images: a fifth, at least 50."""
+    return max(n // 5, 50)
+
+
 def ensure_synthetic(dataset: str, out: Path, n: int, seed: int, variant: str) -> Path:
     """Generate the synthetic dataset once; a finished tree (marker file) is reused."""
     from shortcut_kd.data.synthetic import synthesize
@@ -82,7 +87,7 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
         shortcuts = shortcuts[:1]
     methods = list(methods or (QUICK_METHODS if quick else METHOD_ORDER))
     data_dir = ensure_synthetic(dataset, out, n, seed, "iid")
-    ood_dir = ensure_synthetic(dataset, out, max(n // 5, 50), seed, "ood")
+    ood_dir = ensure_synthetic(dataset, out, ood_size(n), seed, "ood")
     experiments = []
     for shortcut in shortcuts:
         settings = from_dict({**preset, "shortcut": preset.get("shortcut", shortcut) if shortcut == "native"
@@ -94,7 +99,7 @@ def run_demo(dataset: str = "isic2017", shortcuts=None, out: str | Path = "demo_
         logger.info("== %s: shortcut %s, methods %s", dataset, shortcut, ",".join(methods))
         result = run_protocol(settings, methods, fresh=fresh)
         result["data"] = {"synthetic": True, "generator": f"shortcut-kd synth {dataset}", "n": n,
-                          "ood_n": max(n // 5, 50), "seed": seed}
+                          "ood_n": ood_size(n), "seed": seed}
         experiments.append(result)
         if figures:
             from shortcut_kd.workflows.figures import make_figures

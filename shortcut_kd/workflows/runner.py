@@ -187,7 +187,7 @@ def _train_images(exp: "Experiment", method: str) -> dict:
     role = parser.get("train#role", "train_biased")
     try:
         per_epoch = len(load_split(exp.split_dir, role))
-    except Exception:  # a stage without a training role (dfr fits a head): its epochs say enough
+    except DataError:  # a role this split folder does not hold: the epochs say enough
         per_epoch = None
     epochs = parser.get("train#trainer#max_epochs")
     return {"role": role, "epochs": epochs, "images_per_epoch": per_epoch,

@@ -237,3 +237,23 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     assert len(load_split(out, "specialist")) == 6
     assert main(["splits", "isic2017", str(tmp_path / "isic"), str(tmp_path / "s2"), "--check-images", "raise"]) == 2
     assert "ISIC_0000005.jpg" in capsys.readouterr().err
+
+
+def test_specialist_from_the_shifted_source_changes_only_the_teachers_data():
+    data = make_datalist(1000)
+    ood = [{**it, "id": f"ood{i}", "patient": f"ood-{it['patient']}"} for i, it in enumerate(make_datalist(300, seed=5))]
+    same = build_splits(data, SplitSettings(seed=2, specialist_size=60), ood_datalist=ood)
+    other = build_splits(data, SplitSettings(seed=2, specialist_size=60, specialist_source="ood"), ood_datalist=ood)
+    for role in ("train_biased", "oracle", "val", "val_aligned", "val_conflicting", *TEST_FAMILY):
+        assert _ids(same[role]) == _ids(other[role]), role
+    specialist, test_ood = _ids(other["specialist"]), _ids(other["test_ood"])
+    assert specialist <= _ids(ood) and not specialist & test_ood and specialist | test_ood == _ids(ood)
+    assert abs(len(specialist) - 60) <= 3 and {it["label"] for it in other["specialist"]} == {0, 1}
+    patients = {it["patient"] for it in other["specialist"]}
+    assert not patients & {it["patient"] for it in other["test_ood"]}  # by patient
+    assert other == build_splits(data, SplitSettings(seed=2, specialist_size=60, specialist_source="ood"),
+                                 ood_datalist=ood)  # same seed, same draw
+    with pytest.raises(ConfigError, match="specialist_source.*ood_dir"):
+        build_splits(data, SplitSettings(specialist_source="ood"))
+    with pytest.raises(ConfigError, match="specialist_source"):
+        build_splits(data, SplitSettings(specialist_source="elsewhere"))

@@ -58,6 +58,13 @@ Native bias (``native_bias=True``, e.g. SimBA whose images carry a real bias eff
       bias == label / bias != label / bias == 0; ``test_unbiased``: its largest group-balanced subset.
     - ``test_ood``: the shifted source's bias-free items.
 
+Teacher data from another source (``specialist_source="ood"``)
+    The ``specialist`` role is drawn from the shifted source instead (``specialist_size`` items,
+    class-stratified, by patient, flagged bias-free as above; with a native bias, from its bias-free
+    items), and ``test_ood`` keeps the rest of that source, so the teacher never sees a test image.
+    The in-domain pools are dealt exactly as with ``"train"``, so ``train_biased``, ``oracle``, the
+    validation and the test sets are the same images: only the teacher's data changes.
+
 Every item of every role is a copy of the input item with ``bias``, ``group`` and ``role`` set.
 """
 
@@ -90,6 +97,8 @@ VALIDATION_ROLES = tuple(f"val_{name}" for name in VALIDATION_SETS)
 SCHEMA = "shortcut-kd/splits/v1"
 MANIFEST = "splits.json"
 BIAS_FREE = ("decorrelated", "absent")
+SPECIALIST_SOURCES = ("train", "ood")
+"""Where the specialist (teacher) subset comes from: the training source, or the shifted (OOD) source."""
 GROUP_NAMES = {0: "label 0, no shortcut", 1: "label 0, shortcut", 2: "label 1, no shortcut", 3: "label 1, shortcut"}
 _CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (label, bias) in group order
 _REST = "train"
@@ -121,6 +130,8 @@ class SplitSettings:
         val_annotated_size: size of the bias-annotated validation split (roles ``val_aligned`` and
             ``val_conflicting``, for model selection): a fraction of the datalist (a float in (0, 1))
             or a number of items (an int).
+        specialist_source: ``"train"`` (the specialist subset from the training source) or ``"ood"``
+            (from the shifted source given as ``ood_datalist``; see the module docstring).
     """
 
     seed: int = 0
@@ -133,6 +144,7 @@ class SplitSettings:
     group_key: str | None = "patient"
     native_bias: bool = False
     val_annotated_size: float | int = 0.05
+    specialist_source: str = "train"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value."""
@@ -163,6 +175,8 @@ class SplitSettings:
             raise ConfigError("group_key", self.group_key, "use an item key such as 'patient', or None.")
         if not isinstance(self.native_bias, bool):
             raise ConfigError("native_bias", self.native_bias, "use true or false.")
+        if self.specialist_source not in SPECIALIST_SOURCES:
+            raise ConfigError("specialist_source", self.specialist_source, f"use one of {list(SPECIALIST_SOURCES)}.")
 
     def pool_sizes(self, n: int) -> dict[str, int]:
         """Target item counts of the test, val, specialist, val_annotated and train pools for ``n`` items.
@@ -521,6 +535,9 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
             if not pool:
                 logger.warning("split role '%s' is empty: the data has too few items in some (label, bias) group.",
                                role)
+    if settings.specialist_source == "ood" and ood_datalist is None:
+        raise ConfigError("specialist_source", "ood", "the teacher's data from the shifted source needs that "
+                          "source: give ood_dir (the OOD dataset in the same layout), or use 'train'.")
     if ood_datalist is not None:
         ood = _validate_items(ood_datalist, False, "OOD datalist")
         if native:
@@ -528,8 +545,28 @@ def build_splits(datalist: Sequence[Mapping[str, Any]], settings: SplitSettings 
             if len(carry) == len(ood):
                 ood = [it for it in ood if it["bias"] == 0]
                 logger.info("test_ood: kept the %d bias-free item(s) of the OOD source.", len(ood))
+        if settings.specialist_source == "ood":
+            ood_specialist, ood = _ood_specialist(ood, sizes["specialist"], settings)
+            free = _flags_half(ood_specialist, seed, "specialist") if settings.bias_free == "decorrelated" and \
+                not native else {}
+            roles["specialist"] = [_tag(it, free.get(it["id"], 0), "specialist") for it in ood_specialist]
         roles["test_ood"] = [_tag(it, 0, "test_ood") for it in ood]
     return {role: sorted(roles[role], key=lambda it: str(it["id"])) for role in ROLES if role in roles}
+
+
+def _ood_specialist(ood: Sequence[dict], target: int, settings: SplitSettings) -> tuple[list[dict], list[dict]]:
+    """The specialist subset drawn from the shifted source (class-stratified, by patient) and what is left
+    of that source for ``test_ood``."""
+    labels = {it["label"] for it in ood}
+    if labels != {0, 1} or target >= len(ood):
+        raise DataError(f"the shifted source has {len(ood)} usable item(s) with label(s) {sorted(labels)}: it cannot "
+                        f"give a specialist subset of {target} with both classes and leave a test_ood set.",
+                        fix="use a larger OOD source or a smaller specialist_size, or specialist_source: train.")
+    units = _units(ood, settings.group_key)
+    pools = _partition(units, {"specialist": target}, settings.seed, lambda members: max(m["label"] for m in members))
+    taken = [it for key in pools["specialist"] for it in units[key]]
+    rest = [it for key in pools[_REST] for it in units[key]]
+    return taken, rest
 
 
 def split_counts(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:

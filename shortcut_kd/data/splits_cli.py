@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of negatives carrying it (default %(default)s)")
     parser.add_argument("--specialist-size", type=_size, default=defaults.specialist_size,
                         help="bias-free specialist subset: a fraction (0.1) or a count (200) (default %(default)s)")
+    parser.add_argument("--specialist-source", choices=("train", "ood"), default=defaults.specialist_source,
+                        help="draw the specialist subset from the dataset or from --ood-dir (default %(default)s)")
     parser.add_argument("--val-annotated-size", type=_size, default=defaults.val_annotated_size,
                         help="bias-annotated validation split (settings are chosen on it): a fraction or a count "
                              "(default %(default)s)")
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                                  specialist_size=args.specialist_size, val_fraction=args.val_fraction,
                                  val_annotated_size=args.val_annotated_size,
                                  test_fraction=args.test_fraction, bias_free=args.bias_free, group_key=group_key,
-                                 native_bias=native)
+                                 native_bias=native, specialist_source=args.specialist_source)
         splits = build_splits(items, settings, ood_datalist=ood)
         source = {"dataset": args.dataset, "dataset_dir": str(Path(args.dataset_dir).resolve()), "split": args.split,
                   "reader_options": reader_options(args), "check_images": args.check_images,

@@ -63,6 +63,13 @@ def _is_teacher_key(key: str) -> bool:
     return ".teacher_probe." in f".{key}"
 
 
+def final_only(spec: Any) -> bool:
+    """True for the tap specification ``"none"`` (or an empty list): only the final-logit KL term is used."""
+    if isinstance(spec, str):
+        return spec.strip().lower() == "none"
+    return spec is not None and not isinstance(spec, str) and len(list(spec)) == 0
+
+
 class _CapturingInferer(Inferer):
     """Wraps the trainer's inferer: the student's tap hooks exist only while it runs the student, and are
     removed when it returns or raises (so they never outlive one forward pass)."""
@@ -122,7 +129,8 @@ class LayerwiseDistillationHandler:
     Args:
         teacher: the frozen teacher network (any registered architecture; may differ from the student).
             It is moved to the trainer's device, put in eval mode and gets ``requires_grad=False``.
-        student_taps: ``"all"``, ``"early"``, ``"late"``, a list or a comma-separated string of student taps.
+        student_taps: ``"all"``, ``"early"``, ``"late"``, a list or a comma-separated string of student taps;
+            ``"none"``: no intermediate term, the final-logit KL alone (the final-only ablation).
         teacher_taps: the paired teacher taps (same count); default: the student's names for the same
             architecture, else the teacher taps at the same relative depth (see ``pair_taps``).
         loss: per-tap loss name (``probe_kl``, ``fitnet_mse``, ``attention_transfer``, ``cosine``), a list,
@@ -259,10 +267,13 @@ class LayerwiseDistillationHandler:
         if self.teacher_checkpoint is not None:
             load_weights(self.teacher, self.teacher_checkpoint, written_by="the teacher stage")
         self.teacher.to(self.device).eval().requires_grad_(False)
-        self.student_taps, self.teacher_taps = pair_taps(student, self.teacher, self.student_taps_spec,
-                                                         self.teacher_taps_spec)
-        s_shapes = tap_shapes(student, self.student_taps, self.input_shape)
-        t_shapes = tap_shapes(self.teacher, list(dict.fromkeys(self.teacher_taps)), self.input_shape)
+        if final_only(self.student_taps_spec):  # the final-logit term alone (Hinton's KD): no taps, no shapes
+            self.student_taps, self.teacher_taps, s_shapes, t_shapes = [], [], {}, {}
+        else:
+            self.student_taps, self.teacher_taps = pair_taps(student, self.teacher, self.student_taps_spec,
+                                                             self.teacher_taps_spec)
+            s_shapes = tap_shapes(student, self.student_taps, self.input_shape)
+            t_shapes = tap_shapes(self.teacher, list(dict.fromkeys(self.teacher_taps)), self.input_shape)
         probes = self.teacher_probes
         if probes is not None:
             probes.to(self.device).eval().requires_grad_(False)
@@ -271,7 +282,8 @@ class LayerwiseDistillationHandler:
             temperature=self.temperature, final_weight=self.final_weight,
             student_channels={t: s[0] for t, s in s_shapes.items()},
             teacher_channels={t: s[0] for t, s in t_shapes.items()},
-            spatial_dims=len(next(iter(s_shapes.values()))) - 1, teacher_probes=probes, adapter=self.adapter,
+            spatial_dims=len(next(iter(s_shapes.values()))) - 1 if s_shapes else 2, teacher_probes=probes,
+            adapter=self.adapter,
             init_student_probes=self.init_student_probes,
         ).to(self.device)
         if self._pending_state is not None:

@@ -46,27 +46,37 @@ def _predictions(folder: Path, method: str) -> dict | None:
     return (read_json(path).get("methods") or {}).get(method)
 
 
-def _row_names(cfg: StudyConfig) -> list[str]:
-    return [*tuning_order(cfg.methods), *cfg.variants]
+def is_row_variant(cfg: StudyConfig, name: str) -> bool:
+    """A variant shown as a row of the cell's table: one method, no experiment-wide change, no ablation."""
+    spec = cfg.variants[name]
+    return len(cfg.variant_methods(name)) == 1 and not spec.get("experiment") and not spec.get("ablation")
 
 
-def _collect(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict[str, dict[int, dict]]:
-    """row -> seed -> {"test", "provenance", "predictions"} of the finished runs."""
+def _collect(cfg: StudyConfig, out: Path, dataset: str,
+             shortcut: str) -> tuple[dict[str, dict[int, dict]], dict[str, dict[str, dict[int, dict]]]]:
+    """The finished runs: row -> seed -> {"test", "provenance", "predictions"} (the methods and the row
+    variants), and variant -> method -> seed -> the same (every variant)."""
     rows: dict[str, dict[int, dict]] = {}
+    variants: dict[str, dict[str, dict[int, dict]]] = {}
     for seed in cfg.seeds:
         folder = cell_dir(out, dataset, shortcut, seed)
         path = folder / "results.json"
         if path.is_file():
             for method, body in read_json(path)["methods"].items():
                 rows.setdefault(method, {})[seed] = {**body, "predictions": _predictions(folder, method)}
-        for name, spec in cfg.variants.items():
+        for name in cfg.variants:
             vfolder = cell_dir(out, dataset, shortcut, seed, name)
             vpath = vfolder / "results.json"
-            if vpath.is_file():
-                body = read_json(vpath)["methods"].get(spec["method"])
-                if body:
-                    rows.setdefault(name, {})[seed] = {**body, "predictions": _predictions(vfolder, spec["method"])}
-    return rows
+            if not vpath.is_file():
+                continue
+            found = read_json(vpath)["methods"]
+            for method in cfg.variant_methods(name):
+                if found.get(method):
+                    run = {**found[method], "predictions": _predictions(vfolder, method)}
+                    variants.setdefault(name, {}).setdefault(method, {})[seed] = run
+                    if is_row_variant(cfg, name):
+                        rows.setdefault(name, {})[seed] = run
+    return rows, variants
 
 
 def _paired(kd: dict[int, dict], other: dict[int, dict], test: str, n_bootstrap: int) -> dict | None:
@@ -144,14 +154,18 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
 
     cells: dict[str, Any] = {}
     blocks: dict[str, dict[str, float]] = {}
+    from shortcut_kd.study.ablations import ablation_points
+
     for dataset, shortcut in cfg.cells():
-        rows = _collect(cfg, out, dataset, shortcut)
+        rows, variants = _collect(cfg, out, dataset, shortcut)
         chosen_file = chosen_path(out, dataset, shortcut)
         tuning = read_json(chosen_file) if chosen_file.is_file() else None
         entry: dict[str, Any] = {"rows": {}, "kd_vs": {}, "tuning": tuning,
-                                 "tuning_cost": _tuning_cost(out, dataset, shortcut)}
+                                 "tuning_cost": _tuning_cost(out, dataset, shortcut),
+                                 "ablations": {name: ablation_points(cfg, name, rows, variants, _paired, n_bootstrap)
+                                               for name in cfg.ablations}}
         for row, runs in rows.items():
-            method = cfg.variants[row]["method"] if row in cfg.variants else row
+            method = cfg.variant_methods(row)[0] if row in cfg.variants else row
             variant = f" (variant of {method})" if row in cfg.variants else ""
             entry["rows"][row] = {"information": INFORMATION.get(method, "?") + variant,
                                   "seeds": sorted(runs), "summary": _summary(runs),
@@ -176,6 +190,14 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
     if any(c["rows"] for c in cells.values()):
         _plot_cells(cells, out / "figures" / "conflicting_auc.png")
         figures["Conflicting-test AUC, mean ± sd over seeds"] = "figures/conflicting_auc.png"
+    from shortcut_kd.study.ablations import plot_ablation
+
+    for name, spec in cfg.ablations.items():
+        by_cell = {cell: body["ablations"][name] for cell, body in cells.items()}
+        if any(a["points"] and any(p["methods"] for p in a["points"]) for a in by_cell.values()):
+            plot_ablation(by_cell, out / "figures" / f"ablation_{name}.png")
+            figures[f"{spec.get('title', name)}: conflicting and OOD AUC, mean ± sd over seeds"] = \
+                f"figures/ablation_{name}.png"
     runs_env = _run_environments(cfg, out)
     study = {"schema": STUDY_SCHEMA, "name": cfg.name, "config": cfg.to_dict(), "selection": SELECTION_RULE,
              "primary": {"test": PRIMARY[0], "metric": PRIMARY[1]}, "cells": cells, "ranks": ranks,
@@ -239,8 +261,12 @@ def format_study(study: dict) -> str:
              "stratified bootstrap of the conflicting-test AUC difference over the shared test images, pooled over "
              "seeds (mean of per-seed differences), with its 95 % CI and two-sided p; W/T/L counts the seeds where "
              "KD is significantly better / not different / significantly worse (p < 0.05).", ""]
+    from shortcut_kd.study.ablations import format_ablation
+
     for name, cell in study["cells"].items():
         lines += [f"## {name}", "", *format_cell(cell, tuning=True)]
+        for ablation in (cell.get("ablations") or {}).values():
+            lines += [f"### {name}: {ablation['title']}", "", *format_ablation(ablation)]
     ranks = study["ranks"]
     lines += ["## Ranks across cells", ""]
     if ranks.get("friedman"):

@@ -12,6 +12,13 @@
     methods: [erm, groupdro, teacher, finetune, kd, oracle]
     variants:                        # a method with other settings, reported as its own row
       kd_from_teacher: {method: kd, settings: {distill: {student_init: teacher}}}
+      teacher_n50:                   # methods rerun with experiment-wide settings: one point of an ablation
+        methods: [teacher, kd]
+        experiment: {specialist_size: 50}
+        ablation: teacher_size
+        value: 50
+    ablations:                       # how each ablation is reported (a table and a figure per ablation)
+      teacher_size: {title: Teacher-set size, axis: specialist images, main: 200, numeric: true}
     seeds: [0, 1, 2]                 # the reported seeds
     tuning:
       seeds: [100]                   # never reported
@@ -20,6 +27,12 @@
       search_space:                  # per method: setting -> distribution
         erm: {lr: {float: [3.0e-4, 3.0e-3], log: true}}
         kd: {distill.weight: {choices: [5.0, 20.0, 50.0]}}
+
+A variant runs in its own folder, first seeded with the cell's finished stages, so a stage whose settings it
+does not change (ERM for a new teacher, the teacher for a new KD) is reused by its fingerprint, not rerun.
+``settings`` apply to the variant's methods only; ``experiment`` to the whole experiment (the data, the
+splits, the teacher's network), so every stage that depends on them reruns. ``tuning: {reuse: FOLDER}``
+takes the settings another study chose (``FOLDER/tune/<dataset>/<shortcut>/chosen.json``) instead of tuning.
 
 A distribution is ``{float: [low, high], log: bool}``, ``{int: [low, high]}`` or ``{choices: [...]}``;
 a setting is an :class:`~shortcut_kd.workflows.settings.ExperimentSettings` key, dotted for ``distill.*``
@@ -40,9 +53,11 @@ from shortcut_kd.workflows.settings import nested_settings as nested
 
 __all__ = ["Pipeline", "StudyConfig", "read_study", "nested"]
 
-TOP_KEYS = ("name", "output_dir", "pipelines", "methods", "variants", "seeds", "tuning", "device")
+TOP_KEYS = ("name", "output_dir", "pipelines", "methods", "variants", "ablations", "seeds", "tuning", "device")
 PIPELINE_KEYS = ("dataset", "preset", "synthetic_n", "dataset_dir", "ood_dir", "shortcuts", "settings")
-TUNING_KEYS = ("seeds", "trials", "sampler_seed", "search_space")
+TUNING_KEYS = ("seeds", "trials", "sampler_seed", "search_space", "reuse")
+VARIANT_KEYS = ("method", "methods", "settings", "experiment", "ablation", "value")
+ABLATION_KEYS = ("title", "axis", "main", "numeric")
 
 
 def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -79,6 +94,8 @@ class StudyConfig:
     sampler_seed: int
     search_space: dict[str, dict[str, dict]]
     variants: dict[str, dict] = field(default_factory=dict)
+    ablations: dict[str, dict] = field(default_factory=dict)
+    reuse_tuning: str | None = None
     output_dir: str | None = None
     device: str | None = None
     source: str | None = None
@@ -86,6 +103,11 @@ class StudyConfig:
     def cells(self) -> list[tuple[str, str]]:
         """The (dataset, shortcut) pairs of the study."""
         return [(p.dataset, s) for p in self.pipelines for s in p.shortcuts]
+
+    def variant_methods(self, name: str) -> list[str]:
+        """The methods variant ``name`` runs (``method`` or ``methods``)."""
+        spec = self.variants[name]
+        return list(spec.get("methods") or [spec["method"]])
 
     def pipeline(self, dataset: str) -> Pipeline:
         return next(p for p in self.pipelines if p.dataset == dataset)
@@ -117,6 +139,41 @@ def _check_space(space: Any, methods: list[str], source: str) -> dict:
             except ConfigError as e:
                 raise ConfigError(where, spec, f"not a setting ({e}).") from None
     return space
+
+
+def _check_variant(name: str, spec: Any, methods: list[str], ablations: dict) -> None:
+    """A variant names study methods, per-method ``settings`` and experiment-wide ``experiment`` settings."""
+    from shortcut_kd.evaluation.schema import METHOD_ORDER
+    from shortcut_kd.workflows.settings import SHARED_KEYS, from_dict
+
+    where = f"variants.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(where, spec, f"give a mapping with keys {list(VARIANT_KEYS)}.")
+    _check_keys(spec, VARIANT_KEYS, where + ".")
+    if name in METHOD_ORDER:
+        raise ConfigError(where, spec, "give the variant a name that is not a method.")
+    listed = spec.get("methods") or ([spec["method"]] if spec.get("method") else [])
+    if not listed or any(m not in methods for m in listed) or ("method" in spec and "methods" in spec):
+        raise ConfigError(f"{where}.method", spec.get("methods", spec.get("method")),
+                          f"give method (one) or methods (a list) of the study: {methods}.")
+    settings, experiment = spec.get("settings") or {}, spec.get("experiment") or {}
+    for key, value in (("settings", settings), ("experiment", experiment)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}.{key}", value, "give a mapping of settings.")
+    shared = sorted(set(settings) & set(SHARED_KEYS))
+    if shared:
+        raise ConfigError(f"{where}.settings.{shared[0]}", settings[shared[0]],
+                          "every stage shares this setting: put it under experiment.")
+    per_method = sorted(set(experiment) - set(SHARED_KEYS))
+    if per_method:
+        raise ConfigError(f"{where}.experiment.{per_method[0]}", experiment[per_method[0]],
+                          "not an experiment-wide setting: put it under settings.")
+    try:
+        from_dict({**experiment, "per_method": {m: settings for m in listed} if settings else {}})
+    except ConfigError as e:
+        raise ConfigError(where, spec, f"not valid settings ({e}).") from None
+    if spec.get("ablation") is not None and spec["ablation"] not in ablations:
+        raise ConfigError(f"{where}.ablation", spec["ablation"], f"declare it under ablations: {sorted(ablations)}.")
 
 
 def read_study(path: str | Path) -> StudyConfig:
@@ -167,14 +224,18 @@ def read_study(path: str | Path) -> StudyConfig:
     if not isinstance(trials, int) or trials < 1:
         raise ConfigError("tuning.trials", trials, "a positive integer (the same budget for every method).")
     variants = data.get("variants") or {}
+    ablations = data.get("ablations") or {}
     for name, spec in variants.items():
-        if not isinstance(spec, dict) or spec.get("method") not in methods:
-            value = spec.get("method") if isinstance(spec, dict) else spec
-            raise ConfigError(f"variants.{name}.method", value, f"name a method of the study: {methods}.")
-        if name in METHOD_ORDER:
-            raise ConfigError(f"variants.{name}", spec, "give the variant a name that is not a method.")
+        _check_variant(name, spec, methods, ablations)
+    for name, spec in ablations.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"ablations.{name}", spec, f"give a mapping with keys {list(ABLATION_KEYS)}.")
+        _check_keys(spec, ABLATION_KEYS, f"ablations.{name}.")
+    reuse = tuning.get("reuse")
+    if reuse is not None and not (Path(reuse) / "tune").is_dir():
+        raise ConfigError("tuning.reuse", reuse, "give the folder of a study whose tune/ holds chosen.json files.")
     return StudyConfig(name=str(data.get("name") or path.stem), pipelines=pipelines, methods=methods, seeds=seeds,
                        tuning_seeds=tuning_seeds, trials=trials, sampler_seed=int(tuning.get("sampler_seed", 0)),
                        search_space=_check_space(tuning.get("search_space") or {}, methods, str(path)),
-                       variants=variants, output_dir=data.get("output_dir"), device=data.get("device"),
+                       variants=variants, ablations=ablations, reuse_tuning=reuse, output_dir=data.get("output_dir"), device=data.get("device"),
                        source=str(path))

@@ -139,6 +139,8 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
     from shortcut_kd.workflows.experiment import Experiment
     from shortcut_kd.workflows.runner import run_stage
 
+    if cfg.reuse_tuning:
+        return reuse_tuning(cfg, out, dataset, shortcut)
     folder = tune_dir(out, dataset, shortcut)
     log_path = folder / "trials.json"
     log = read_json(log_path) if log_path.is_file() else {"trials": []}
@@ -182,6 +184,23 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
     return result
 
 
+def reuse_tuning(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
+    """The settings another study chose for this pipeline and shortcut (``tuning.reuse``), as this study's
+    ``chosen.json`` (with where they came from); a method that study did not tune keeps the bundle defaults."""
+    from shortcut_kd.provenance import file_sha256
+
+    source = chosen_path(Path(cfg.reuse_tuning or ""), dataset, shortcut)
+    if not source.is_file():
+        raise ConfigError("tuning.reuse", cfg.reuse_tuning, f"it has no {source}: reuse a study that tuned "
+                          f"{dataset}/{shortcut}, or tune this one (drop tuning.reuse).")
+    original = read_json(source)
+    chosen = {m: original["chosen"].get(m, {}) for m in tuning_order(cfg.methods)}
+    result = {**original, "chosen": chosen, "scores": {m: original.get("scores", {}).get(m) for m in chosen},
+              "reused_from": {"file": str(source), "sha256": file_sha256(source)}}
+    write_json(chosen_path(out, dataset, shortcut), result)
+    return result
+
+
 def _wait_for_tuning(out: Path, dataset: str, shortcut: str, wait_s: float, timeout_s: float | None,
                      failed: Callable[[], bool] | None = None) -> dict:
     path = chosen_path(out, dataset, shortcut)
@@ -194,6 +213,36 @@ def _wait_for_tuning(out: Path, dataset: str, shortcut: str, wait_s: float, time
             raise TimeoutError(f"tune/{dataset}/{shortcut} did not finish within {timeout_s} s")
         time.sleep(wait_s)
     return read_json(path)
+
+
+def seed_variant(cell: Path, variant: Path) -> None:
+    """Give a new variant folder the cell's finished stages (hard links: no copy, and every write replaces a
+    file rather than writing into it), so what the variant does not change is reused by its fingerprint.
+    A folder that already holds stage records (a resumed variant) is left as it is."""
+    import os
+    import shutil
+
+    if (variant / "stages").is_dir() and any((variant / "stages").iterdir()):
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system: a copy
+            shutil.copy2(src, dst)
+
+    for sub, keep in (("models", lambda p: p.suffix == ".pt" and not p.name.endswith("_last.pt")),
+                      ("stages", lambda p: p.suffix == ".json" and not p.name.endswith(".running.json")),
+                      ("cache", lambda p: True)):
+        src = cell / sub
+        if not src.is_dir():
+            continue
+        for path in src.rglob("*"):
+            if path.is_file() and keep(path):
+                dst = variant / sub / path.relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.exists():
+                    link(str(path), str(dst))
 
 
 def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int, wait_s: float = 5.0,
@@ -216,14 +265,19 @@ def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int
     results["study"] = {"name": cfg.name, "tuned_settings": chosen}
     write_json(folder / "results.json", portable_paths(results, out))
     for name, spec in cfg.variants.items():
-        method = spec["method"]
-        variant_methods = {**per_method, method: _deep_merge(per_method.get(method, {}), spec.get("settings") or {})}
+        vmethods = tuning_order(cfg.variant_methods(name))
+        variant_per_method = {**per_method, **{m: _deep_merge(per_method.get(m, {}), spec.get("settings") or {})
+                                               for m in vmethods}}
         vfolder = cell_dir(out, dataset, shortcut, seed, name)
-        vexp = Experiment(experiment_settings(cfg, dataset, shortcut, seed, vfolder, out, variant_methods))
-        logger.info("run %s/%s seed %d: variant %s (%s with %s)", dataset, shortcut, seed, name, method,
-                    spec.get("settings"))
-        run_stage(vexp, method, progress=False)
-        vresults = collect_results(vexp, [method])
-        vresults["study"] = {"name": cfg.name, "variant": name, "of": method, "settings": spec.get("settings")}
+        seed_variant(folder, vfolder)
+        vsettings = experiment_settings(cfg, dataset, shortcut, seed, vfolder, out, variant_per_method)
+        vexp = Experiment(vsettings.replace(**(spec.get("experiment") or {})))
+        logger.info("run %s/%s seed %d: variant %s (%s with %s, experiment %s)", dataset, shortcut, seed, name,
+                    vmethods, spec.get("settings"), spec.get("experiment"))
+        for method in vmethods:
+            run_stage(vexp, method, progress=False)
+        vresults = collect_results(vexp, vmethods)
+        vresults["study"] = {"name": cfg.name, "variant": name, "of": vmethods, "settings": spec.get("settings"),
+                             "experiment": spec.get("experiment")}
         write_json(vfolder / "results.json", portable_paths(vresults, out))
     return {"dataset": dataset, "shortcut": shortcut, "seed": seed, "methods": sorted(results["methods"])}

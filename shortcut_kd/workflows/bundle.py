@@ -84,7 +84,7 @@ def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, short
                           p_bias_pos: float = 0.95, p_bias_neg: float = 0.05, seed: int = 0,
                           specialist_size: float = 0.1, val_fraction: float = 0.1, test_fraction: float = 0.2,
                           bias_free: str = "decorrelated", ood_dir: str | None = None,
-                          val_annotated_size: float | int = 0.05) -> str:
+                          val_annotated_size: float | int = 0.05, specialist_source: str = "train") -> str:
     """Read the dataset in its native layout, build (or reuse) the split datalists and return their folder.
 
     The splits are rebuilt only when these settings or the dataset folder change, so every stage of a
@@ -126,7 +126,8 @@ def prepare_bundle_splits(dataset: str, dataset_dir: str, output_dir: str, short
     settings = SplitSettings(seed=int(seed), p_bias_pos=float(p_bias_pos), p_bias_neg=float(p_bias_neg),
                              specialist_size=specialist_size, val_fraction=float(val_fraction),
                              test_fraction=float(test_fraction), bias_free=bias_free, group_key=entry.group_key,
-                             native_bias=native, val_annotated_size=val_annotated_size)
+                             native_bias=native, val_annotated_size=val_annotated_size,
+                             specialist_source=specialist_source)
     split_dir = Path(output_dir) / "splits"
     if is_rank0():
         prepare_splits(dataset, dataset_dir, split_dir, settings, ood_dir=ood_dir or None)

@@ -33,6 +33,8 @@ __all__ = ["Experiment", "STAGE_METHODS"]
 
 STAGE_METHODS = (*METHOD_ORDER, "jtt_identify")
 """Every stage the protocol runs: the results.json methods and JTT's identification run."""
+TEACHER_READERS = ("teacher", "distill", "evaluate")
+"""The bundle stages that build the teacher's network (``teacher_def``)."""
 
 
 def _lookup(config: Any, config_id: str) -> tuple[bool, Any]:
@@ -110,7 +112,8 @@ class Experiment:
                   "val_interval": s.val_interval, "amp": s.amp, "optimizer#weight_decay": s.weight_decay,
                   "shortcut#name": s.shortcut, "shortcut#overrides": s.shortcut_overrides,
                   "shortcut#p_bias_pos": s.p_bias_pos, "shortcut#p_bias_neg": s.p_bias_neg,
-                  "splits#specialist_size": s.specialist_size, "splits#val_fraction": s.val_fraction,
+                  "splits#specialist_size": s.specialist_size,
+                  "splits#specialist_source": s.specialist_source, "splits#val_fraction": s.val_fraction,
                   "splits#test_fraction": s.test_fraction, "splits#bias_free": s.bias_free,
                   "splits#val_annotated_size": s.val_annotated_size,
                   "splits#ood_dir": str(Path(s.ood_dir).resolve()) if s.ood_dir else None,
@@ -128,11 +131,10 @@ class Experiment:
         arch = s.architecture or _lookup(raw, "network_def#name")[1]
         for key, value in {**small_image_kwargs(str(arch), int(image_size)), **s.arch_kwargs}.items():
             o[f"network_def#{key}"] = value
-        if s.teacher_architecture:
-            kwargs = {**small_image_kwargs(s.teacher_architecture, int(image_size)), **s.teacher_arch_kwargs}
-            o["teacher_def"] = {"_target_": "shortcut_kd.nets.build_network", "name": s.teacher_architecture,
-                                "spatial_dims": "@spatial_dims", "in_channels": "@in_channels", "num_classes": 2,
-                                **kwargs}
+        teacher = teacher_network_kwargs(s, str(arch), int(image_size))
+        if teacher is not None and stage in TEACHER_READERS:  # the other stages' fingerprints stay the same
+            o["teacher_def"] = {"_target_": "shortcut_kd.nets.build_network", "spatial_dims": "@spatial_dims",
+                                "in_channels": "@in_channels", "num_classes": 2, **teacher}
         # the specialist-set stages (teacher, ERM fine-tuned on the specialist subset) share one budget
         epochs = {"teacher": s.teacher_epochs, "finetune": s.teacher_epochs,
                   "jtt_identify": b.jtt_epochs}.get(stage, s.epochs)
@@ -271,7 +273,9 @@ class Experiment:
     # ---- networks ----------------------------------------------------------------------
     def network(self, method: str = "erm") -> torch.nn.Module:
         """A new, untrained network of ``method``'s architecture."""
-        return self.parsed("erm", "teacher_def" if method == "teacher" else "network_def", fresh=True)
+        if method == "teacher":
+            return self.parsed("teacher", "teacher_def", fresh=True)
+        return self.parsed("erm", "network_def", fresh=True)
 
     def load_model(self, method: str) -> torch.nn.Module:
         """The trained network of ``method`` (eval mode, frozen, on the experiment's device)."""
@@ -279,6 +283,40 @@ class Experiment:
 
         return load_weights(self.network(method), self.model_path(method), device=self.device, frozen=True,
                             written_by=f"the '{method}' stage").eval()
+
+
+def teacher_network_kwargs(settings: ExperimentSettings, architecture: str, image_size: int) -> dict | None:
+    """The teacher's ``build_network`` arguments when it differs from the student (another architecture, or the
+    same one with other ``teacher_arch_kwargs``, e.g. a narrower ``widen_factor``); None when it is the student's.
+
+    The same name inherits the student's ``arch_kwargs`` under ``teacher_arch_kwargs``; another name starts from
+    its own defaults. A teacher unlike the student cannot start from the student's ERM checkpoint, so the
+    initialisation must be said (``teacher_init: scratch`` or a checkpoint of that architecture), and the
+    student cannot start from the teacher's weights: both are errors, never a silent start from scratch.
+
+    Raises:
+        ConfigError: such a teacher with ``teacher_init`` ``erm`` (the default), or with
+            ``distill.student_init: teacher``.
+    """
+    s = settings
+    if not s.teacher_architecture and not s.teacher_arch_kwargs:
+        return None
+    name = s.teacher_architecture or architecture
+    student = {"name": architecture, **small_image_kwargs(architecture, image_size), **s.arch_kwargs}
+    inherited = s.arch_kwargs if name == architecture else {}
+    teacher = {"name": name, **small_image_kwargs(name, image_size), **inherited, **s.teacher_arch_kwargs}
+    if teacher == student:
+        return None
+    if s.teacher_init in (None, "erm"):
+        raise ConfigError("teacher_init", s.teacher_init or "erm",
+                          f"the teacher ({teacher}) is not the student's network ({student}), so it cannot be "
+                          "fine-tuned from the student's ERM checkpoint: set teacher_init: scratch (give the "
+                          "teacher it is compared with the same rule) or the path of a checkpoint of that network.")
+    if s.distill.student_init == "teacher":
+        raise ConfigError("distill.student_init", "teacher",
+                          f"the student ({student}) cannot start from the weights of another network ({teacher}); "
+                          "use scratch or erm.")
+    return teacher
 
 
 def small_image_kwargs(architecture: str, image_size: int) -> dict:

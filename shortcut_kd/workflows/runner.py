@@ -3,7 +3,8 @@ dataset's MONAI bundle config (``train.json`` + the stage's file) run by ``monai
 with the experiment's settings as overrides, then scored by the bundle's ``evaluate.json``.
 
 A finished stage is reused only when its fingerprint matches: the hash of the merged config after overrides
-(every setting the stage reads, nothing else), the split manifest and the upstream checkpoints it reads.
+(every setting the stage reads, nothing else; the output folder's own path left out, so a copied run folder
+is reused), the split manifest and the upstream checkpoints it reads.
 Anything else reruns it, and since a rerun changes its checkpoint, the stages that read it rerun too.
 Each stage leaves ``stages/<method>.json``: the fingerprint, the overrides (enough to rerun it with
 ``python -m monai.bundle run``), the hashes, the environment, the wall time and the test metrics.
@@ -46,13 +47,22 @@ def fingerprint(exp: "Experiment", method: str, with_code: bool = False) -> dict
 
     parser = exp.parser(method)
     upstream = {Path(p).name: file_sha256(p) for p in exp.parsed(method, "upstream") if p}
-    parts = {"stage": method, "config": parser.get(), "splits": file_sha256(exp.split_dir / "splits.json"),
-             "upstream": upstream}
+    parts = {"stage": method, "config": _relocatable(parser.get(), exp.root),
+             "splits": file_sha256(exp.split_dir / "splits.json"), "upstream": upstream}
     if with_code:
         from shortcut_kd import __version__
 
         parts["code"] = [__version__, git_commit()]
     return {"sha256": json_sha256(parts), "splits": parts["splits"], "upstream": upstream}
+
+
+def _relocatable(config: Any, root: Path) -> Any:
+    """``config`` with the output folder's absolute path written as ``<output_dir>``: where a run is written is
+    not what it computes, so a copied or moved run folder (a study variant seeded from its cell) is reused."""
+    import json
+
+    text = json.dumps(config, sort_keys=True, default=str)
+    return json.loads(text.replace(json.dumps(str(Path(root).resolve()))[1:-1], "<output_dir>"))
 
 
 def stage_record(exp: "Experiment", method: str) -> dict | None:

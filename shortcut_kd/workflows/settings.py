@@ -22,7 +22,8 @@ class DistillSettings:
         loss: per-tap loss: ``probe_kl`` (the paper's), ``fitnet_mse``, ``attention_transfer``, ``cosine``
             (``distill#loss``).
         layers: taps to distil: ``all``, ``early``, ``late``, ``auto`` (from the per-layer probe
-            analysis of the ERM model) or explicit names (``distill#layers``).
+            analysis of the ERM model), explicit names, or ``none`` (the final-logit term alone)
+            (``distill#layers``). Intermediate terms alone: ``final_weight: 0``.
         weight: weight of each intermediate term (``distill#weight``).
         final_weight: weight of the final-logit KL term (``distill#final_weight``).
         temperature: softmax temperature τ; terms are scaled by τ² (``distill#temperature``).
@@ -84,6 +85,9 @@ class ExperimentSettings:
     Paths: ``dataset_dir`` holds the dataset in its native layout; ``ood_dir`` an optional shifted source
     in the same layout; everything is written under ``output_dir``.
 
+    ``specialist_source``: ``train`` (the teacher's bias-free subset from the dataset) or ``ood`` (from
+    ``ood_dir``: teacher data from another source, the student's data unchanged; ``splits#specialist_source``).
+
     ``val_annotated_size`` is the size of the bias-annotated validation split (a fraction or a number of
     items; ``splits#val_annotated_size``), on which settings are chosen, never on a test set.
     ``per_method`` maps a method (``erm``, ``kd``, a baseline, ...) to settings that apply to its stage only,
@@ -101,6 +105,7 @@ class ExperimentSettings:
     p_bias_pos: float | None = None
     p_bias_neg: float | None = None
     specialist_size: float | None = None
+    specialist_source: str | None = None
     val_fraction: float | None = None
     test_fraction: float | None = None
     bias_free: str | None = None
@@ -183,11 +188,12 @@ class ExperimentSettings:
 
 
 SHARED_KEYS = ("dataset", "dataset_dir", "output_dir", "ood_dir", "shortcut", "shortcut_overrides", "p_bias_pos",
-               "p_bias_neg", "specialist_size", "val_fraction", "test_fraction", "bias_free", "val_annotated_size",
-               "architecture", "arch_kwargs", "image_size", "seed", "device", "amp", "num_workers", "n_bootstrap",
+               "p_bias_neg", "specialist_size", "specialist_source", "val_fraction", "test_fraction", "bias_free",
+               "val_annotated_size", "architecture", "arch_kwargs", "teacher_architecture", "teacher_arch_kwargs", "teacher_init",
+               "image_size", "seed", "device", "amp", "num_workers", "n_bootstrap",
                "per_method")
-"""Settings every stage of an experiment shares (they define the data, the splits and the student network):
-never per method."""
+"""Settings every stage of an experiment shares (they define the data, the splits, the student and the teacher
+networks and how the teacher starts): never per method."""
 
 
 def nested_settings(flat: dict[str, Any]) -> dict[str, Any]:

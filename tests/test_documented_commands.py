@@ -9,6 +9,7 @@ Only the commands that *are* this check are not rerun: the set-up, the test suit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -116,6 +117,8 @@ def test_readme_commands(tmp_path_factory, tmp_path):
     assert ran >= 15
     assert (bundle / "eval" / "models" / "model.ts").is_file() and (work / "runs" / "isic" / "report.md").is_file()
     assert (tmp_path / "study" / "study.md").is_file()
+    use = json.loads((work / "runs" / "isic" / "layer_probes" / "layer_use.json").read_text())
+    assert {r["model"] for r in use} >= {"erm", "kd"} and use[-1]["tap"] == "output"
     # the ISIC bundle's own README, from its folder, on the stages the README above has trained
     paths["/path/to/data"] = str(isic)
     for command in documented_commands(bundle / "docs" / "README.md"):

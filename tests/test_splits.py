@@ -241,7 +241,8 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
 
 def test_specialist_from_the_shifted_source_changes_only_the_teachers_data():
     data = make_datalist(1000)
-    ood = [{**it, "id": f"ood{i}", "patient": f"ood-{it['patient']}"} for i, it in enumerate(make_datalist(300, seed=5))]
+    ood = [{**it, "id": f"ood{i}", "patient": f"ood-{it['patient']}"}
+           for i, it in enumerate(make_datalist(300, seed=5))]
     same = build_splits(data, SplitSettings(seed=2, specialist_size=60), ood_datalist=ood)
     other = build_splits(data, SplitSettings(seed=2, specialist_size=60, specialist_source="ood"), ood_datalist=ood)
     for role in ("train_biased", "oracle", "val", "val_aligned", "val_conflicting", *TEST_FAMILY):

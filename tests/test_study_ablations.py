@@ -65,8 +65,8 @@ def test_variant_errors_name_the_key_and_the_fix(tmp_path, isic_tree):
     with pytest.raises(ConfigError, match="did you mean 'experiment'"):
         read_study(bad(method="kd", experimnt={}))
     with pytest.raises(ConfigError, match="tuning.reuse"):
-        read_study(_study(tmp_path / "r.yaml", isic_tree, tuning={"seeds": [7], "trials": 1,
-                                                                   "reuse": str(tmp_path / "none")}))
+        read_study(_study(tmp_path / "r.yaml", isic_tree,
+                          tuning={"seeds": [7], "trials": 1, "reuse": str(tmp_path / "none")}))
 
 
 def test_variants_reuse_what_they_do_not_change_and_report_each_ablation(tmp_path, isic_tree):
@@ -142,3 +142,29 @@ def test_a_teacher_unlike_the_student_needs_its_initialisation_said(tmp_path, is
     widths = [m.out_channels for m in exp.network("teacher").modules() if hasattr(m, "out_channels")]
     student = [m.out_channels for m in exp.network("kd").modules() if hasattr(m, "out_channels")]
     assert max(widths) < max(student)
+
+
+def test_layer_use_of_a_finished_study_compares_a_localized_and_a_diffuse_shortcut(tmp_path, isic_tree):
+    config = _study(tmp_path / "u.yaml", isic_tree, methods=["erm"], variants={}, ablations={})
+    data = yaml.safe_load(config.read_text())
+    data["pipelines"][0]["shortcuts"] = ["patch", "noise"]
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "study"
+    assert main(["study", str(config), "--out", str(out), "--n-bootstrap", "20"]) == 0
+    assert not (out / "cells" / "isic2017" / "patch" / "seed0" / "layer_use.json").exists()
+    assert main(["study", str(config), "--out", str(out), "--aggregate-only", "--layer-use"]) == 0
+    rows = json.loads((out / "cells" / "isic2017" / "noise" / "seed0" / "layer_use.json").read_text())["rows"]
+    assert rows[-1]["tap"] == "output" and all(r["model"] == "erm" for r in rows) and len(rows) >= 3
+    assert all(r["use"] is None or -1 <= r["use"] <= 1 for r in rows)
+    summary = json.loads((out / "study.json").read_text())["layer_use"]
+    assert {c["kind"] for c in summary["cells"].values()} == {"localized", "diffuse"}
+    (comparison,) = summary["localized_vs_diffuse"]
+    assert comparison["localized"] == "patch" and comparison["diffuse"] == "noise"
+    assert comparison["answer"] in ("localized earlier", "diffuse earlier", "not consistent",
+                                    "no uptake measured in both")
+    text = (out / "study.md").read_text()
+    assert "## Where the shortcut is used, layer by layer" in text and "(localized) vs `noise` (diffuse)" in text
+    assert (out / "figures" / "layer_use.png").stat().st_size > 0
+    mtime = (out / "cells" / "isic2017" / "noise" / "seed0" / "layer_use.json").stat().st_mtime_ns
+    assert main(["study", str(config), "--out", str(out), "--aggregate-only", "--layer-use"]) == 0
+    assert (out / "cells" / "isic2017" / "noise" / "seed0" / "layer_use.json").stat().st_mtime_ns == mtime

@@ -9,7 +9,7 @@ from typing import Any
 
 from shortcut_kd.io import read_json, write_json, write_text
 from shortcut_kd.study.config import StudyConfig
-from shortcut_kd.study.jobs import cell_dir, chosen_path, tuning_order
+from shortcut_kd.study.jobs import cell_dir, chosen_path
 from shortcut_kd.study.tuning import SELECTION_RULE
 
 logger = logging.getLogger(__name__)
@@ -198,11 +198,18 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
             plot_ablation(by_cell, out / "figures" / f"ablation_{name}.png")
             figures[f"{spec.get('title', name)}: conflicting and OOD AUC, mean ± sd over seeds"] = \
                 f"figures/ablation_{name}.png"
+    from shortcut_kd.study.layer_use import plot_layer_use, summarise_layer_use
+
+    layer_use = summarise_layer_use(cfg, out)
+    if layer_use["cells"]:
+        plot_layer_use(layer_use, out / "figures" / "layer_use.png")
+        figures["Shortcut use per layer (label-probe AUC aligned − conflicting), mean over seeds"] = \
+            "figures/layer_use.png"
     runs_env = _run_environments(cfg, out)
     study = {"schema": STUDY_SCHEMA, "name": cfg.name, "config": cfg.to_dict(), "selection": SELECTION_RULE,
              "primary": {"test": PRIMARY[0], "metric": PRIMARY[1]}, "cells": cells, "ranks": ranks,
              "figures": figures, "wall_seconds": _wall_seconds(out), "environment": environment(),
-             "runs": runs_env}
+             "runs": runs_env, "layer_use": layer_use}
     write_json(out / "study.json", study)
     write_text(out / "study.md", format_study(study))
     return study
@@ -267,6 +274,15 @@ def format_study(study: dict) -> str:
         lines += [f"## {name}", "", *format_cell(cell, tuning=True)]
         for ablation in (cell.get("ablations") or {}).values():
             lines += [f"### {name}: {ablation['title']}", "", *format_ablation(ablation)]
+    if (study.get("layer_use") or {}).get("cells"):
+        from shortcut_kd.study.layer_use import format_layer_use
+
+        lines += ["## Where the shortcut is used, layer by layer", "",
+                  "At each tap a label probe is fitted on half of `test_unbiased` (shortcut independent of the "
+                  "label) and scored on `test_aligned` and `test_conflicting` (without that half); use = AUC aligned "
+                  "− AUC conflicting (0: the layer's label read-out ignores the shortcut, however decodable it is). "
+                  f"Uptake: the shallowest tap with use ≥ {study['layer_use']['threshold']} (relative depth in "
+                  "brackets); `output` is the model's logits.", "", *format_layer_use(study["layer_use"])]
     ranks = study["ranks"]
     lines += ["## Ranks across cells", ""]
     if ranks.get("friedman"):

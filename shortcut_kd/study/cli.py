@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--join", action="store_true", help="only work on an already queued study")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/queue.db)")
     parser.add_argument("--aggregate-only", action="store_true", help="rebuild study.json / study.md and stop")
+    parser.add_argument("--layer-use", action="store_true",
+                        help="measure per-layer shortcut use of every finished cell (once) before aggregating")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     parser.add_argument("--readme", help="also write the study's headline tables into this Markdown file, "
                                          "between its '<!-- study headline -->' markers")
@@ -104,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
         unfinished = [k for k in job_keys(cfg) if "COMPLETE" not in states.get(k, [])]
         if unfinished:
             print(f"[study] not finished: {unfinished} (run the same command again to retry)", file=sys.stderr)
+    if args.layer_use:
+        from shortcut_kd.study.layer_use import measure_layer_use
+
+        written = measure_layer_use(cfg, out)
+        print(f"[study] measured shortcut use per layer in {len(written)} cell(s)", file=sys.stderr)
     study = aggregate(cfg, out, n_bootstrap=args.n_bootstrap)
     print(f"[study] wrote {out / 'study.json'} and {out / 'study.md'}", file=sys.stderr)
     if args.readme:

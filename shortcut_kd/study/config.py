@@ -237,5 +237,6 @@ def read_study(path: str | Path) -> StudyConfig:
     return StudyConfig(name=str(data.get("name") or path.stem), pipelines=pipelines, methods=methods, seeds=seeds,
                        tuning_seeds=tuning_seeds, trials=trials, sampler_seed=int(tuning.get("sampler_seed", 0)),
                        search_space=_check_space(tuning.get("search_space") or {}, methods, str(path)),
-                       variants=variants, ablations=ablations, reuse_tuning=reuse, output_dir=data.get("output_dir"), device=data.get("device"),
+                       variants=variants, ablations=ablations, reuse_tuning=reuse, output_dir=data.get("output_dir"),
+                       device=data.get("device"),
                        source=str(path))

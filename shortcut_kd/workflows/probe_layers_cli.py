@@ -9,6 +9,10 @@ The probe data is the ``test_unbiased`` role (shortcut independent of the label)
 into a probe-training and a probe-test half. The images are preprocessed by the run's own bundle config
 (its ``settings.json``), exactly as in training. Writes ``layer_probes.{csv,md,png,json}`` to ``--out``
 and prints the table and the taps ``layers: auto`` would pick.
+
+Beside decodability it measures *use* (:mod:`~shortcut_kd.evaluation.shortcut_use`): label probes fitted on the
+probe-training half of ``test_unbiased``, scored on ``test_aligned`` and ``test_conflicting`` (less any image of
+that half); ``layer_use.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,33 @@ def parse_checkpoints(values: list[str]) -> list[tuple[str, Path | None]]:
         raise ConfigError("--checkpoint", values,
                           "name each checkpoint uniquely: --checkpoint erm --checkpoint mine=PATH.")
     return out
+
+
+def experiment_layer_use(exp, methods: list[str], max_samples: int | None = 2000) -> list[dict]:
+    """Per-layer shortcut use (see :mod:`~shortcut_kd.evaluation.shortcut_use`) of ``methods`` trained in
+    ``exp``: probes fitted on the probe-training half of ``test_unbiased``, scored on ``test_aligned`` and
+    ``test_conflicting`` without the images of that half. Methods not trained in ``exp`` are left out."""
+    from shortcut_kd.evaluation.layer_probes import split_by_id
+    from shortcut_kd.evaluation.shortcut_use import shortcut_use
+    from shortcut_kd.nets import get_taps
+
+    fit, _ = split_by_id(exp.datalist("test_unbiased"), 0.5, seed=exp.settings.seed)
+    fitted = {str(it["id"]) for it in fit}
+    aligned, conflicting = ([it for it in exp.datalist(role) if str(it["id"]) not in fitted]
+                            for role in ("test_aligned", "test_conflicting"))
+    if not fit or not aligned or not conflicting:
+        raise DataError("too few test images to measure shortcut use (test_unbiased, test_aligned, "
+                        "test_conflicting).", file=str(exp.split_dir), fix="use a larger test fraction or dataset.")
+    fit_loader, aligned_loader, conflicting_loader = (exp.loader(part)
+                                                      for part in (fit, aligned, conflicting))
+    rows: list[dict] = []
+    for method in methods:
+        if not exp.is_done(method):
+            continue
+        model = exp.load_model(method)
+        rows += shortcut_use(model, get_taps(model), fit_loader, aligned_loader, conflicting_loader,
+                             device=exp.device, max_samples=max_samples, model_name=method, seed=exp.settings.seed)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,5 +125,16 @@ def run(args: argparse.Namespace) -> int:
     for name in dict.fromkeys(r["model"] for r in rows):
         taps = choose_taps(rows, threshold, model=name)
         print(f"layers: auto for {name} (bias AUC >= {threshold}): {', '.join(taps)}")
-    print(f"\nwritten: {out}/layer_probes.{{csv,md,png,json}}")
+    from shortcut_kd.evaluation.shortcut_use import format_use_table, plot_shortcut_use
+    from shortcut_kd.io import write_text
+
+    use = experiment_layer_use(exp, [name for name, path in wanted if path is None], args.max_samples)
+    if use:
+        write_json(out / "layer_use.json", use)
+        write_text(out / "layer_use.md", format_use_table(use) + "\n")
+        plot_shortcut_use(use, out / "layer_use.png", title=f"{exp.settings.dataset} · shortcut "
+                          f"{exp.shortcut_name}: label-probe AUC aligned − conflicting per layer")
+        print("\nshortcut use per layer (label probe AUC aligned / conflicting / difference):")
+        print(format_use_table(use))
+    print(f"\nwritten: {out}/layer_probes.{{csv,md,png,json}}" + (f", {out}/layer_use.{{json,md,png}}" if use else ""))
     return 0

@@ -189,8 +189,8 @@ class ExperimentSettings:
 
 SHARED_KEYS = ("dataset", "dataset_dir", "output_dir", "ood_dir", "shortcut", "shortcut_overrides", "p_bias_pos",
                "p_bias_neg", "specialist_size", "specialist_source", "val_fraction", "test_fraction", "bias_free",
-               "val_annotated_size", "architecture", "arch_kwargs", "teacher_architecture", "teacher_arch_kwargs", "teacher_init",
-               "image_size", "seed", "device", "amp", "num_workers", "n_bootstrap",
+               "val_annotated_size", "architecture", "arch_kwargs", "teacher_architecture", "teacher_arch_kwargs",
+               "teacher_init", "image_size", "seed", "device", "amp", "num_workers", "n_bootstrap",
                "per_method")
 """Settings every stage of an experiment shares (they define the data, the splits, the student and the teacher
 networks and how the teacher starts): never per method."""

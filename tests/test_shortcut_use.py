@@ -1,0 +1,71 @@
+"""The use-based layer measure: a model that merges a shortcut into its label features shows an
+aligned-vs-conflicting gap from that layer on; one that only encodes the shortcut, kept apart, shows none —
+though the shortcut is equally decodable from both."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from shortcut_kd.evaluation.layer_probes import probe_layers
+from shortcut_kd.evaluation.shortcut_use import format_use_table, plot_shortcut_use, shortcut_use, uptake_depth
+
+
+class _TwoLayer(nn.Module):
+    """Input [signal, shortcut, noise, noise]; ``early`` copies it; ``late`` either merges the shortcut into
+    the signal (``merge=True``: [signal + 2 shortcut, noise], the shortcut no longer apart) or keeps the two
+    apart ([signal, shortcut]); ``head`` reads the first late feature."""
+
+    def __init__(self, merge: bool) -> None:
+        super().__init__()
+        self.early = nn.Linear(4, 4, bias=False)
+        self.late = nn.Linear(4, 2, bias=False)
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.early.weight.copy_(torch.eye(4))
+            merged, apart = [[1.0, 2.0, 0, 0], [0.0, 0.0, 1.0, 0]], [[1.0, 0.0, 0, 0], [0.0, 1.0, 0, 0]]
+            self.late.weight.copy_(torch.tensor(merged if merge else apart))
+            self.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.late(self.early(x)))
+
+
+def _batches(n, seed, bias_of):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    bias = bias_of(label, rng)
+    x = np.stack([label + rng.normal(0, 0.7, n), bias + rng.normal(0, 0.1, n), rng.normal(0, 1, n),
+                  rng.normal(0, 1, n)], 1).astype(np.float32)
+    return [{"image": torch.from_numpy(x[i:i + 50]), "label": torch.from_numpy(label[i:i + 50]),
+             "bias": torch.from_numpy(bias[i:i + 50])} for i in range(0, n, 50)]
+
+
+def _sets(seed=0):
+    return (_batches(400, seed, lambda y, rng: rng.integers(0, 2, len(y))),  # bias-free: independent
+            _batches(300, seed + 1, lambda y, rng: y.copy()),               # aligned
+            _batches(300, seed + 2, lambda y, rng: 1 - y))                  # conflicting
+
+
+def test_use_separates_a_model_that_uses_the_shortcut_from_one_that_only_encodes_it(tmp_path):
+    fit, aligned, conflicting = _sets()
+    uses = shortcut_use(_TwoLayer(merge=True), ["early", "late"], fit, aligned, conflicting, model_name="uses")
+    encodes = shortcut_use(_TwoLayer(merge=False), ["early", "late"], fit, aligned, conflicting,
+                           model_name="encodes")
+    by = {(r["model"], r["tap"]): r for r in uses + encodes}
+    assert [r["tap"] for r in uses] == ["early", "late", "output"]
+    assert by[("uses", "late")]["use"] > 0.3 and by[("uses", "output")]["use"] > 0.3
+    assert all(abs(r["use"]) < 0.06 for r in encodes)
+    assert abs(by[("uses", "early")]["use"]) < 0.06  # the early layer keeps the two apart in both
+    assert uptake_depth(uses) == {"tap": "late", "depth": 1, "relative_depth": 0.5}
+    assert uptake_depth(encodes) is None and uptake_depth(encodes, include_output=True) is None
+    # decodability cannot tell them apart: the shortcut is decodable at every layer of both
+    for merge in (True, False):
+        rows = probe_layers(_TwoLayer(merge), ["early", "late"], fit[:4], fit[4:], targets=("bias",))
+        assert all(r["auc"] > 0.9 for r in rows)
+    table = format_use_table(uses + encodes)
+    assert "`uses` aligned / conflicting / use" in table and "| `late` |" in table
+    assert plot_shortcut_use(uses + encodes, tmp_path / "use.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="several models"):
+        uptake_depth(uses + encodes)

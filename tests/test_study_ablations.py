@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_study import TINY
+from test_study import TINY, _study_file
 from test_workflows import make_isic_tree
 
 from shortcut_kd.cli import main
@@ -40,14 +40,9 @@ def isic_tree(tmp_path_factory):
 
 
 def _study(path: Path, tree: Path, **changes) -> Path:
-    data = {"name": "tiny_ablations", "device": "cpu",
-            "pipelines": [{"dataset": "isic2017", "dataset_dir": str(tree / "iid"), "ood_dir": str(tree / "ood"),
-                           "shortcuts": ["patch"], "settings": TINY}],
-            "methods": ["erm", "teacher", "kd"], "seeds": [0], "variants": VARIANTS, "ablations": ABLATIONS,
-            "tuning": {"seeds": [7], "trials": 1}}
-    data.update(changes)
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return _study_file(path, tree, **{"name": "tiny_ablations", "methods": ["erm", "teacher", "kd"], "seeds": [0],
+                                      "variants": VARIANTS, "ablations": ABLATIONS,
+                                      "tuning": {"seeds": [7], "trials": 1}, **changes})
 
 
 def test_variant_errors_name_the_key_and_the_fix(tmp_path, isic_tree):

@@ -67,7 +67,7 @@ def final_only(spec: Any) -> bool:
     """True for the tap specification ``"none"`` (or an empty list): only the final-logit KL term is used."""
     if isinstance(spec, str):
         return spec.strip().lower() == "none"
-    return spec is not None and not isinstance(spec, str) and len(list(spec)) == 0
+    return spec is not None and len(list(spec)) == 0
 
 
 class _CapturingInferer(Inferer):

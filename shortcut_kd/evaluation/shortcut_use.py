@@ -79,9 +79,9 @@ def shortcut_use(model: nn.Module, taps: Sequence[str], fit_loader: Iterable, al
     Returns:
         one row per tap (then ``output``), shallow to deep.
     """
-    names = list(taps) + ([""] if with_output else [])  # "" is the model itself: its output, the logits
     if not taps:
         raise ValueError("no taps to probe. Fix: pass layer names, e.g. shortcut_kd.nets.get_taps(model).")
+    names = list(taps) + ([""] if with_output else [])  # "" is the model itself: its output, the logits
     fit_x, fit_y = extract_features(model, names, fit_loader, ("label",), device, max_samples)
     al_x, al_y = extract_features(model, names, aligned_loader, ("label",), device, max_samples)
     co_x, co_y = extract_features(model, names, conflicting_loader, ("label",), device, max_samples)

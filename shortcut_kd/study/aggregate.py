@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from shortcut_kd.io import read_json, write_json, write_text
+from shortcut_kd.study.ablations import ablation_points, format_ablation, plot_ablation
 from shortcut_kd.study.config import StudyConfig
 from shortcut_kd.study.jobs import cell_dir, chosen_path
+from shortcut_kd.study.layer_use import format_layer_use, plot_layer_use, summarise_layer_use
 from shortcut_kd.study.tuning import SELECTION_RULE
 
 logger = logging.getLogger(__name__)
@@ -154,8 +156,6 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
 
     cells: dict[str, Any] = {}
     blocks: dict[str, dict[str, float]] = {}
-    from shortcut_kd.study.ablations import ablation_points
-
     for dataset, shortcut in cfg.cells():
         rows, variants = _collect(cfg, out, dataset, shortcut)
         chosen_file = chosen_path(out, dataset, shortcut)
@@ -190,16 +190,12 @@ def aggregate(cfg: StudyConfig, out: Path, n_bootstrap: int = 1000) -> dict:
     if any(c["rows"] for c in cells.values()):
         _plot_cells(cells, out / "figures" / "conflicting_auc.png")
         figures["Conflicting-test AUC, mean ± sd over seeds"] = "figures/conflicting_auc.png"
-    from shortcut_kd.study.ablations import plot_ablation
-
     for name, spec in cfg.ablations.items():
         by_cell = {cell: body["ablations"][name] for cell, body in cells.items()}
         if any(a["points"] and any(p["methods"] for p in a["points"]) for a in by_cell.values()):
             plot_ablation(by_cell, out / "figures" / f"ablation_{name}.png")
             figures[f"{spec.get('title', name)}: conflicting and OOD AUC, mean ± sd over seeds"] = \
                 f"figures/ablation_{name}.png"
-    from shortcut_kd.study.layer_use import plot_layer_use, summarise_layer_use
-
     layer_use = summarise_layer_use(cfg, out)
     if layer_use["cells"]:
         plot_layer_use(layer_use, out / "figures" / "layer_use.png")
@@ -268,15 +264,11 @@ def format_study(study: dict) -> str:
              "stratified bootstrap of the conflicting-test AUC difference over the shared test images, pooled over "
              "seeds (mean of per-seed differences), with its 95 % CI and two-sided p; W/T/L counts the seeds where "
              "KD is significantly better / not different / significantly worse (p < 0.05).", ""]
-    from shortcut_kd.study.ablations import format_ablation
-
     for name, cell in study["cells"].items():
         lines += [f"## {name}", "", *format_cell(cell, tuning=True)]
         for ablation in (cell.get("ablations") or {}).values():
             lines += [f"### {name}: {ablation['title']}", "", *format_ablation(ablation)]
     if (study.get("layer_use") or {}).get("cells"):
-        from shortcut_kd.study.layer_use import format_layer_use
-
         lines += ["## Where the shortcut is used, layer by layer", "",
                   "At each tap a label probe is fitted on half of `test_unbiased` (shortcut independent of the "
                   "label) and scored on `test_aligned` and `test_conflicting` (without that half); use = AUC aligned "

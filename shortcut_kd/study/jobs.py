@@ -17,7 +17,7 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from shortcut_kd.errors import ConfigError
 from shortcut_kd.io import read_json, write_json
@@ -245,6 +245,15 @@ def seed_variant(cell: Path, variant: Path) -> None:
                     link(str(path), str(dst))
 
 
+def cell_experiment(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int, chosen: dict) -> Any:
+    """The main cell's :class:`~shortcut_kd.workflows.experiment.Experiment` of one reported seed, with the
+    settings ``chosen`` by tuning."""
+    from shortcut_kd.workflows.experiment import Experiment
+
+    folder = cell_dir(out, dataset, shortcut, seed)
+    return Experiment(experiment_settings(cfg, dataset, shortcut, seed, folder, out, _per_method(chosen)))
+
+
 def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int, wait_s: float = 5.0,
              timeout_s: float | None = None, failed: Callable[[], bool] | None = None) -> dict:
     """The methods (and variants) of the study on one reported seed, with the tuned settings."""
@@ -256,7 +265,7 @@ def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int
     chosen = _wait_for_tuning(out, dataset, shortcut, wait_s, timeout_s, failed)["chosen"]
     per_method = _per_method(chosen)
     folder = cell_dir(out, dataset, shortcut, seed)
-    exp = Experiment(experiment_settings(cfg, dataset, shortcut, seed, folder, out, per_method))
+    exp = cell_experiment(cfg, out, dataset, shortcut, seed, chosen)
     methods = tuning_order(cfg.methods)
     for i, method in enumerate(methods, 1):
         logger.info("run %s/%s seed %d: [%d/%d] %s", dataset, shortcut, seed, i, len(methods), method)

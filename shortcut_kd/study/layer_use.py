@@ -28,8 +28,7 @@ USE_METHODS = ("erm", "teacher", "kd", "oracle")
 
 def measure_layer_use(cfg: StudyConfig, out: Path) -> list[Path]:
     """Write ``layer_use.json`` in every finished main cell that has none; returns the files written."""
-    from shortcut_kd.study.jobs import _per_method, cell_dir, chosen_path, experiment_settings
-    from shortcut_kd.workflows.experiment import Experiment
+    from shortcut_kd.study.jobs import cell_dir, cell_experiment, chosen_path
     from shortcut_kd.workflows.probe_layers_cli import experiment_layer_use
 
     written = []
@@ -40,7 +39,7 @@ def measure_layer_use(cfg: StudyConfig, out: Path) -> list[Path]:
             if target.is_file() or not (folder / "results.json").is_file():
                 continue
             chosen = read_json(chosen_path(out, dataset, shortcut))["chosen"]
-            exp = Experiment(experiment_settings(cfg, dataset, shortcut, seed, folder, out, _per_method(chosen)))
+            exp = cell_experiment(cfg, out, dataset, shortcut, seed, chosen)
             methods = [m for m in USE_METHODS if m in cfg.methods]
             logger.info("layer use %s/%s seed %d: %s", dataset, shortcut, seed, methods)
             write_json(target, {"rows": experiment_layer_use(exp, methods), "methods": methods})

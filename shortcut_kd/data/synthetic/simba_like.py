@@ -9,7 +9,9 @@ Following SimBA's recipe (a template augmented with subject, disease and bias ef
 - disease effect (``class_label`` 1): regional atrophy in a fixed region of the left
   fronto-temporal cortex: brain tissue retracts towards the region's centre inside the
   unchanged skull, widening the CSF space and thinning the cortex there; its magnitude varies
-  between subjects and is comparable to the subject deformations;
+  between subjects, is comparable to the subject deformations and is a third to a half of the bias
+  effect's, so that ERM on the biased set takes the bias, as SimBA's biased models do
+  (``benchmarks/study/simba_demo``);
 - bias effect (``bias_label`` 1, file names ending ``_B``): either the same kind of atrophy,
   stronger and more consistent, in a fixed right parietal region (``bias_effect="morphology"``,
   default; easier for a small CNN to pick up than the disease), or a local intensity increase
@@ -73,7 +75,7 @@ def sample_brain_params(rng: np.random.Generator, disease: np.ndarray, bias: np.
         "scale": u(0.92, 1.06)[:, None] * u(0.97, 1.03, (b, 3)), "shift": rng.normal(0, 0.03, (b, 3)),
         "warp": u(0.03, 0.06), "ventricles": u(0.8, 1.35), "folding": u(0.03, 0.07),
         "wm": u(0.75, 0.85), "gm": u(0.45, 0.55), "csf": u(0.12, 0.2), "scalp": u(0.5, 0.65),
-        "disease": np.asarray(disease, np.float32) * u(0.3, 0.65),
+        "disease": np.asarray(disease, np.float32) * u(0.15, 0.45),
         "bias_morph": bias * u(0.8, 0.95) * morph, "bias_int": bias * u(0.3, 0.35) * (not morph),
         "field": u(0.03, 0.08), "noise": u(0.015, 0.03), "gamma": np.ones(b), "contrast": np.ones(b),
         "intensity": np.full(b, 1000.0), "fov": np.ones(b),

@@ -58,11 +58,15 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` atomically."""
+    """``torch.save`` atomically; the same object gives the same bytes, whatever the file is called.
+
+    Saved to a path, torch names the archive's inner folder after the file (here the random temporary
+    name), so two saves of equal weights would differ; through a file object the folder is ``archive``.
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return Path(path)
 
 

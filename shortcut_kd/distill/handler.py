@@ -32,6 +32,10 @@ else:
 __all__ = ["LayerwiseDistillationHandler", "kd_output_transform"]
 
 TASK_LOSS = "task_loss"
+#: The teacher cache rides in the resume state up to this size (probe logits: a few bytes per sample); a larger
+#: one (whole feature maps) is rebuilt after a resume, equal to the last bits where the backend allows.
+RESUME_CACHE_LIMIT_BYTES = 256 * 2 ** 20
+CACHE_STATE_KEY = "teacher_cache"
 
 
 def _world_size() -> int:
@@ -311,16 +315,29 @@ class LayerwiseDistillationHandler:
     def state_dict(self) -> dict[str, Any]:
         """The trainable distillation parts (student probes, adapters), for ``CheckpointSaver``'s ``save_dict``.
 
-        The teacher's probes are not included: they are an input, like the teacher."""
+        The teacher's probes are not included: they are an input, like the teacher. The teacher cache is, up to
+        ``RESUME_CACHE_LIMIT_BYTES``, so that a resumed run distils the very targets an uninterrupted one does."""
         if self.distill_loss is None:
             return dict(self._pending_state or {})
-        return {k: v for k, v in self.distill_loss.state_dict().items() if not _is_teacher_key(k)}
+        state: dict[str, Any] = {k: v for k, v in self.distill_loss.state_dict().items() if not _is_teacher_key(k)}
+        cached = sum(v.numel() * v.element_size() for entry in self._cache.values() for v in entry.values())
+        if self._cache and cached <= RESUME_CACHE_LIMIT_BYTES:
+            # the cached targets were computed on the batches of the epochs already run; recomputing them on
+            # other batches after a resume changes their last bits on some backends, so they travel along
+            state[CACHE_STATE_KEY] = {sid: {k: v.detach().cpu().clone() for k, v in entry.items()}
+                                      for sid, entry in self._cache.items()}
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned (before set-up it is kept and applied at set-up)."""
         if self.distill_loss is None:
             self._pending_state = dict(state_dict)
             return
+        state_dict = dict(state_dict)
+        cache = state_dict.pop(CACHE_STATE_KEY, None)
+        if cache is not None and self.cache_teacher:
+            store = self.cache_device if self.cache_device is not None else self.device
+            self._cache = {sid: {k: v.to(store) for k, v in entry.items()} for sid, entry in cache.items()}
         result = self.distill_loss.load_state_dict(state_dict, strict=False)
         missing = [k for k in result.missing_keys if not _is_teacher_key(k)]
         if missing or result.unexpected_keys:

@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from shortcut_kd.errors import DataError
-from shortcut_kd.io import write_text
+from shortcut_kd.io import write_json, write_text
 
 __all__ = [
     "INPUT_SUFFIXES",
@@ -280,13 +280,25 @@ class PredictionWriter:
             rows.append(row + extra)
         return rows
 
+    @property
+    def summary_file(self) -> Path:
+        """``<csv>.summary.json`` beside the CSV: the counts of the run."""
+        return self.output_file.with_suffix(".summary.json")
+
+    def summary(self) -> dict[str, Any]:
+        """How many files were given, predicted and rejected, and every rejected file with its reason."""
+        errors = [{"file": row[0], "reason": row[4]} for row in self.rows() if row[3] == "error"]
+        return {"files": len(self.inputs.files), "predicted": len(self.inputs.files) - len(errors),
+                "errors": len(errors), "rejected": errors}
+
     def write(self) -> Path:
-        """Write the CSV atomically and return its path."""
+        """Write the CSV and its summary atomically and return the CSV's path."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(list(CSV_COLUMNS) + (["gradcam"] if self.gradcam_dir else []))
         writer.writerows(self.rows())
         write_text(self.output_file, buf.getvalue())
+        write_json(self.summary_file, self.summary())
         logger.info("predictions for %d of %d files written to %s", len(self.probabilities), len(self.inputs.files),
                     self.output_file)
         return self.output_file

@@ -6,10 +6,10 @@ output; a write that fails leaves no half-written result (``test_atomic_writes``
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 from test_bundle_inference import DICOM_DATA, NIFTI_DATA, bundle_with_weights, predict
 
@@ -45,7 +45,10 @@ def test_two_hundred_inputs_twenty_broken(tmp_path):
         broken[empty] = "zero-byte PNG"
         broken[_broken_nifti_header(folder / f"badheader{i}.nii")] = "NIfTI header"
         nopixels = folder / f"nopixels{i}.dcm"
-        shutil.copy(DICOM_DATA / "rtplan.dcm", nopixels)
+        ds = pydicom.dcmread(DICOM_DATA / "MR_small.dcm")  # a radiograph's header, its pixel data removed
+        ds.Modality = "DX"
+        del ds.PixelData
+        ds.save_as(nopixels)
         broken[nopixels] = "DICOM without pixel data"
         broken[folder / f"missing{i}.png"] = "missing"
     listing = tmp_path / "worklist.txt"  # a worklist naming every input, four of them gone from disk

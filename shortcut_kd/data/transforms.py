@@ -44,8 +44,9 @@ def _source(img: object) -> str | None:
 class CheckedLoadImaged(MapTransform):
     """MONAI ``LoadImaged`` whose failures name the file: a missing or undecodable image raises a DataError.
 
-    The reader is chosen by MONAI from the file extension (PNG/JPEG: PIL, NIfTI: nibabel, DICOM:
-    pydicom / ITK) unless ``reader`` is given.
+    A single DICOM file is read by :class:`~shortcut_kd.data.dicom.DicomDisplayReader` (modality LUT, VOI LUT
+    / window, MONOCHROME1 inverted, 0-255); any other input by the reader MONAI picks from the extension
+    (PNG/JPEG: PIL, NIfTI: nibabel, a DICOM series folder: pydicom / ITK), unless ``reader`` is given.
 
     Args:
         keys: keys holding image paths.
@@ -64,6 +65,10 @@ class CheckedLoadImaged(MapTransform):
         **kwargs,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if reader is None:  # DICOM files as display grey levels; every other format: MONAI's choice
+            from shortcut_kd.data.dicom import DicomDisplayReader
+
+            reader = DicomDisplayReader()
         self.loader = LoadImaged(
             keys, reader=reader, image_only=True, ensure_channel_first=ensure_channel_first,
             allow_missing_keys=allow_missing_keys, **kwargs,

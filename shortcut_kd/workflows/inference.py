@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -156,7 +156,8 @@ def _reason(error: BaseException) -> str:
 
 
 def check_inputs(datalist: Sequence[dict], transform: Callable, spatial_dims: int | None = None,
-                 in_channels: int | None = None, image_key: str = "image") -> InferenceInputs:
+                 in_channels: int | None = None, image_key: str = "image",
+                 dicom_gate: Mapping[str, Any] | None = None) -> InferenceInputs:
     """Run ``transform`` on every item once; keep the items it accepts and record why it rejects the rest.
 
     A file is rejected when it is missing, cannot be decoded (truncated, no pixel data, unsupported
@@ -170,7 +171,13 @@ def check_inputs(datalist: Sequence[dict], transform: Callable, spatial_dims: in
         spatial_dims: the network's spatial dimensions (checked when given).
         in_channels: the network's input channels (checked when given).
         image_key: the image field.
+        dicom_gate: what a DICOM input must be for this model (``modalities``, ``reject_views``,
+            ``samples_per_pixel``, ``max_frames``; see :func:`~shortcut_kd.data.dicom.dicom_gate_reason`);
+            a file it refuses gets status ``skipped`` and the reason, and is not predicted.
     """
+    from shortcut_kd.data.dicom import dicom_gate_reason, gate_config, is_dicom_file
+
+    gate = gate_config(dicom_gate) if dicom_gate else None
     out = InferenceInputs()
     for item in datalist:
         file = str(item.get("file", item[image_key]))
@@ -178,6 +185,12 @@ def check_inputs(datalist: Sequence[dict], transform: Callable, spatial_dims: in
         try:
             if not os.path.exists(str(item[image_key])):
                 raise DataError("file not found.", file=file, fix="check the path.")
+            path = str(item[image_key])
+            skip = dicom_gate_reason(path, **gate) if gate and os.path.isfile(path) and is_dicom_file(path) else None
+            if skip:
+                logger.warning("not for this model: %s: %s", file, skip)
+                out.failures.append({"file": file, "reason": skip, "status": "skipped"})
+                continue
             image = transform(dict(item))[image_key]
             shape = tuple(image.shape)
             if spatial_dims is not None and len(shape) - 1 != int(spatial_dims):
@@ -190,7 +203,7 @@ def check_inputs(datalist: Sequence[dict], transform: Callable, spatial_dims: in
         except Exception as e:  # any failure of one file: report it and go on with the others
             reason = _reason(e)
             logger.warning("skipped %s: %s", file, reason)
-            out.failures.append({"file": file, "reason": reason})
+            out.failures.append({"file": file, "reason": reason, "status": "error"})
     logger.info("%d of %d inputs readable", len(out.readable), len(out.files))
     return out
 
@@ -267,7 +280,7 @@ class PredictionWriter:
 
     def rows(self) -> list[list[Any]]:
         """The CSV rows (without the header)."""
-        failures = {f["file"]: f["reason"] for f in self.inputs.failures}
+        failures = {f["file"]: (f.get("status", "error"), f["reason"]) for f in self.inputs.failures}
         rows = []
         for file in self.inputs.files:
             if file in self.probabilities:
@@ -275,7 +288,8 @@ class PredictionWriter:
                 row = [file, f"{p:.6f}", int(p >= self.threshold), "ok", ""]
                 extra = [str(self.gradcam_dir / overlay_name(file))] if self.gradcam_dir else []
             else:
-                row = [file, "", "", "error", failures.get(file, "not processed")]
+                status, reason = failures.get(file, ("error", "not processed"))
+                row = [file, "", "", status, reason]
                 extra = [""] if self.gradcam_dir else []
             rows.append(row + extra)
         return rows
@@ -287,9 +301,10 @@ class PredictionWriter:
 
     def summary(self) -> dict[str, Any]:
         """How many files were given, predicted and rejected, and every rejected file with its reason."""
-        errors = [{"file": row[0], "reason": row[4]} for row in self.rows() if row[3] == "error"]
-        return {"files": len(self.inputs.files), "predicted": len(self.inputs.files) - len(errors),
-                "errors": len(errors), "rejected": errors}
+        rejected = [{"file": row[0], "status": row[3], "reason": row[4]} for row in self.rows() if row[3] != "ok"]
+        errors = sum(r["status"] == "error" for r in rejected)
+        return {"files": len(self.inputs.files), "predicted": len(self.inputs.files) - len(rejected),
+                "errors": errors, "skipped": len(rejected) - errors, "rejected": rejected}
 
     def write(self) -> Path:
         """Write the CSV and its summary atomically and return the CSV's path."""

@@ -7,6 +7,7 @@ The helpers at the top are shared with ``test_bundle_inference.py`` and ``test_b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -160,9 +161,16 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
     run_stage(bundle, "inference", dataset_dir=str(listing), output_dir=str(out), bundle_root=str(bundle),
               ckpt_path=str(models / "model.pt"))
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "file,probability,predicted_label,status,reason"
+    assert rows[0] == ("file,probability,predicted_label,status,reason,StudyInstanceUID,SeriesInstanceUID,"
+                       "SOPInstanceUID,model,model_version,checkpoint_sha256,preprocessing_hash")
     assert [r.split(",")[0] for r in rows[1:]] == [it["image"] for it in test_items]
     assert all(r.split(",")[3] == "ok" and 0 <= float(r.split(",")[1]) <= 1 for r in rows[1:])
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    sha = hashlib.sha256((models / "model.pt").read_bytes()).hexdigest()
+    for r in rows[1:]:  # no DICOM here: empty UIDs; what made the prediction on every row
+        fields = r.split(",")
+        assert fields[5:8] == ["", "", ""] and fields[8:11] == [meta["name"], meta["version"], sha]
+        assert fields[11] == rows[1].split(",")[11] != ""
 
 
 def test_resume_continues_from_last_state(tmp_path_factory, tmp_path):

@@ -83,6 +83,10 @@ def test_chest_bundle_skips_a_lateral_view_and_a_ct_slice(tmp_path):
     predicted = predict(bundle_with_weights("chexpert", tmp_path), folder, tmp_path / "out")
     rows = {r["file"].rsplit("/", 1)[-1]: r for r in predicted}
     assert rows["frontal.dcm"]["status"] == "ok" and rows["frontal.dcm"]["probability"] != ""
+    header = pydicom.dcmread(folder / "frontal.dcm", stop_before_pixels=True)
+    for uid in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert rows["frontal.dcm"][uid] == str(header[uid].value) != ""
+    assert len(rows["frontal.dcm"]["checkpoint_sha256"]) == 64 and rows["frontal.dcm"]["model"].startswith("CheXpert")
     for name, words in (("lateral.dcm", "view position LL"), ("ct.dcm", "modality CT")):
         assert rows[name]["status"] == "skipped" and rows[name]["probability"] == "", rows[name]
         assert words in rows[name]["reason"]

@@ -243,6 +243,44 @@ def _items(engine: Engine, file_key: str = "file") -> list[tuple[dict, dict]]:
     return list(zip(batch, output))
 
 
+UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+PROVENANCE_COLUMNS = ("model", "model_version", "checkpoint_sha256", "preprocessing_hash")
+
+
+def dicom_uids(file: str) -> tuple[str, str, str]:
+    """The Study, Series and SOP Instance UIDs of a DICOM file (empty for other files or unreadable headers)."""
+    from shortcut_kd.data.dicom import is_dicom_file
+
+    if not (os.path.isfile(file) and is_dicom_file(file)):
+        return "", "", ""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+    except Exception:  # a broken header: its row already says why it was not predicted
+        return "", "", ""
+    return tuple(str(ds.get(k, "")) for k in UID_COLUMNS)  # type: ignore[return-value]
+
+
+def model_provenance(model: str = "", version: str = "", checkpoint: str | os.PathLike | None = None,
+                     preprocessing: Any = None) -> dict[str, str]:
+    """What made a prediction: the bundle's name and version, the checkpoint's sha256 and a hash of the
+    preprocessing (the transforms' pickled state, as the preprocessing cache keys it)."""
+    from shortcut_kd.data.cache import transform_hash
+
+    digest = ""
+    if checkpoint is not None and Path(checkpoint).is_file():
+        sha = hashlib.sha256()
+        with open(checkpoint, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+    transforms = getattr(preprocessing, "transforms", preprocessing)
+    prep = transform_hash(list(transforms)).decode() if transforms is not None else ""
+    return {"model": str(model), "model_version": str(version), "checkpoint_sha256": digest,
+            "preprocessing_hash": prep}
+
+
 class PredictionWriter:
     """Collect the positive-class probability of every image and write ``predictions.csv`` at the end.
 
@@ -256,14 +294,19 @@ class PredictionWriter:
         gradcam_dir: the folder of :class:`GradCAMWriter` overlays; adds a ``gradcam`` column.
         pred_key: output field with the softmax probabilities (``Activationsd(softmax=True)``).
         file_key: input field with the file path.
+        provenance: ``model``, ``version``, ``checkpoint`` and ``preprocessing`` (:func:`model_provenance`):
+            adds the DICOM UIDs of each input and the model's name, version, checkpoint sha256 and
+            preprocessing hash to every row.
     """
 
     def __init__(self, output_file: str | os.PathLike, inputs: InferenceInputs, threshold: float = 0.5,
-                 gradcam_dir: str | os.PathLike | None = None, pred_key: str = "pred", file_key: str = "file") -> None:
+                 gradcam_dir: str | os.PathLike | None = None, pred_key: str = "pred", file_key: str = "file",
+                 provenance: Mapping[str, Any] | None = None) -> None:
         self.output_file, self.inputs, self.threshold = Path(output_file), inputs, float(threshold)
         self.gradcam_dir = Path(gradcam_dir) if gradcam_dir else None
         self.pred_key, self.file_key = pred_key, file_key
         self.probabilities: dict[str, float] = {}
+        self.provenance = model_provenance(**provenance) if provenance else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
@@ -291,6 +334,8 @@ class PredictionWriter:
                 status, reason = failures.get(file, ("error", "not processed"))
                 row = [file, "", "", status, reason]
                 extra = [""] if self.gradcam_dir else []
+            if self.provenance is not None:
+                row += [*dicom_uids(file), *self.provenance.values()]
             rows.append(row + extra)
         return rows
 
@@ -310,7 +355,8 @@ class PredictionWriter:
         """Write the CSV and its summary atomically and return the CSV's path."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(list(CSV_COLUMNS) + (["gradcam"] if self.gradcam_dir else []))
+        provenance = [*UID_COLUMNS, *PROVENANCE_COLUMNS] if self.provenance is not None else []
+        writer.writerow(list(CSV_COLUMNS) + provenance + (["gradcam"] if self.gradcam_dir else []))
         writer.writerows(self.rows())
         write_text(self.output_file, buf.getvalue())
         write_json(self.summary_file, self.summary())

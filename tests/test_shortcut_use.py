@@ -69,3 +69,34 @@ def test_use_separates_a_model_that_uses_the_shortcut_from_one_that_only_encodes
     assert plot_shortcut_use(uses + encodes, tmp_path / "use.png").stat().st_size > 0
     with pytest.raises(ValueError, match="several models"):
         uptake_depth(uses + encodes)
+
+
+def test_study_summary_compares_localized_with_diffuse_and_keeps_a_native_bias_apart(tmp_path):
+    """``summarise_layer_use``: ERM's uptake depth of a localized vs a diffuse shortcut per seed; a dataset's own
+    bias is reported as ``native``, not forced into either kind."""
+    import json
+
+    from shortcut_kd.study.config import read_study
+    from shortcut_kd.study.layer_use import summarise_layer_use
+
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\npipelines:\n  - {dataset: chexpert, preset: demo_chexpert, synthetic_n: 100, "
+                     "shortcuts: [tag, noise]}\n  - {dataset: simba, preset: demo_simba, synthetic_n: 100, "
+                     "shortcuts: [native]}\nmethods: [erm]\nseeds: [0]\ntuning: {seeds: [100], trials: 1}\n")
+    cfg = read_study(study)
+
+    def rows(first_used: int) -> list[dict]:
+        return [{"model": "erm", "tap": f"layer{d + 1}", "depth": d, "relative_depth": d / 4,
+                 "use": 0.5 if d >= first_used else 0.0} for d in range(4)]
+
+    for shortcut, first in (("tag", 1), ("noise", 3), ("native", 0)):
+        folder = tmp_path / "cells" / ("simba" if shortcut == "native" else "chexpert") / shortcut / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "layer_use.json").write_text(json.dumps({"rows": rows(first), "methods": ["erm"]}))
+    summary = summarise_layer_use(cfg, tmp_path)
+    assert summary["cells"]["simba/native"]["kind"] == "native"
+    (comparison,) = summary["localized_vs_diffuse"]
+    assert (comparison["localized"], comparison["diffuse"], comparison["answer"]) == ("tag", "noise",
+                                                                                      "localized earlier")
+    (pair,) = comparison["seeds"]
+    assert pair["seed"] == 0 and pair["localized"] < pair["diffuse"]

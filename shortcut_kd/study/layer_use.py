@@ -26,6 +26,10 @@ USE_METHODS = ("erm", "teacher", "kd", "oracle")
 """The models measured: the biased baseline, the teacher, the distilled student, the bias-free oracle."""
 
 
+#: A dataset's own bias (SimBA's ``_B`` files) is neither an injected localized nor diffuse preset.
+NATIVE = "native"
+
+
 def measure_layer_use(cfg: StudyConfig, out: Path) -> list[Path]:
     """Write ``layer_use.json`` in every finished main cell that has none; returns the files written."""
     from shortcut_kd.study.jobs import cell_dir, cell_experiment, chosen_path
@@ -71,7 +75,8 @@ def summarise_layer_use(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             uptake = {str(s): uptake_depth([r for r in rows if r["model"] == method], method)
                       for s, rows in runs.items()}
             per_method[method] = {"taps": taps, "mean_use": mean_use, "uptake": uptake}
-        cells[f"{dataset}/{shortcut}"] = {"dataset": dataset, "shortcut": shortcut, "kind": shortcut_kind(shortcut),
+        kind = NATIVE if shortcut == NATIVE else shortcut_kind(shortcut)
+        cells[f"{dataset}/{shortcut}"] = {"dataset": dataset, "shortcut": shortcut, "kind": kind,
                                           "seeds": sorted(runs), "methods": per_method}
     comparisons = []
     for dataset in dict.fromkeys(c["dataset"] for c in cells.values()):

@@ -32,13 +32,15 @@ import time
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 
-from shortcut_kd.distill import LayerwiseDistillationHandler, ProbeSet, tap_shapes
-from shortcut_kd.io import write_json
-from shortcut_kd.nets import build_network, get_taps
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kd_cost import _timer  # noqa: E402  (the step timer shared with the CPU benchmark)
+
+from shortcut_kd.distill import LayerwiseDistillationHandler, ProbeSet, tap_shapes  # noqa: E402
+from shortcut_kd.io import write_json  # noqa: E402
+from shortcut_kd.nets import build_network, get_taps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Spatial size per pipeline: the bundles' training size in 2D; SimBA's own volume size in 3D.
@@ -53,24 +55,6 @@ def bundle_network(bundle: str) -> tuple[str, int, int]:
     """The architecture, input channels and batch size that ``bundles/<bundle>/configs/train.json`` trains."""
     config = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
     return config["network_def"]["name"], int(config["in_channels"]), int(config["batch_size"])
-
-
-def _timer(trainer: SupervisedTrainer, device: torch.device, times: list[float]) -> None:
-    start = [0.0]
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    @trainer.on(Events.ITERATION_STARTED)
-    def _start(_):
-        sync()
-        start[0] = time.perf_counter()
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _stop(_):
-        sync()
-        times.append(time.perf_counter() - start[0])
 
 
 def measure_pipeline(bundle: str, size: tuple[int, ...], batch: int, steps: int, device: torch.device,
@@ -115,7 +99,7 @@ def measure_pipeline(bundle: str, size: tuple[int, ...], batch: int, steps: int,
             tr.run()
             tr.state.max_epochs += 1
         times: list[float] = []
-        _timer(tr, device, times)
+        _timer(tr, device, time.perf_counter, times, [True])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

@@ -30,9 +30,11 @@ _SUFFIXES = (".dcm", ".dicom")
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """A ``.dcm`` / ``.dicom`` name, or a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
-    name = str(path).lower()
-    if name.endswith(_SUFFIXES):
-        return True
+    return str(path).lower().endswith(_SUFFIXES) or has_dicom_marker(path)
+
+
+def has_dicom_marker(path: str | os.PathLike) -> bool:
+    """A DICOM Part 10 file carries ``DICM`` after its 128-byte preamble."""
     try:
         with open(path, "rb") as f:
             f.seek(128)

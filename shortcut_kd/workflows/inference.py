@@ -27,6 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from shortcut_kd.data.dicom import has_dicom_marker
 from shortcut_kd.errors import DataError
 from shortcut_kd.io import write_json, write_text
 
@@ -53,23 +54,13 @@ CSV_COLUMNS = ("file", "probability", "predicted_label", "status", "reason")
 _LIST_SUFFIXES = (".txt", ".csv", ".lst")
 
 
-def _has_dicom_marker(path: Path) -> bool:
-    """A DICOM Part 10 file carries ``DICM`` after its 128-byte preamble."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _is_input(path: Path, suffixes: Sequence[str]) -> bool:
     name = path.name.lower()
     if name.startswith("."):
         return False
     if any(name.endswith(s) for s in suffixes):
         return True
-    return "." not in name and _has_dicom_marker(path)
+    return "." not in name and has_dicom_marker(path)
 
 
 def _read_list_file(path: Path) -> list[str]:

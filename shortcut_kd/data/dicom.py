@@ -62,13 +62,13 @@ def display_pixels(ds: Any) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def dicom_gate_reason(path: str | os.PathLike, modalities: Sequence[str] | None = None,
+def dicom_gate_reason(path: str | os.PathLike | Any, modalities: Sequence[str] | None = None,
                       reject_views: Sequence[str] | None = None, samples_per_pixel: int | None = None,
                       max_frames: int | None = None) -> str | None:
     """Why the DICOM file at ``path`` is not for this model, from its header alone; ``None`` when it is.
 
     Args:
-        path: a DICOM file.
+        path: a DICOM file, or a pydicom dataset already read (as a DICOM application holds it).
         modalities: accepted ``Modality`` values (e.g. ``CR``, ``DX`` for radiographs); None: any.
         reject_views: ``ViewPosition`` values refused (e.g. lateral views for a frontal model).
         samples_per_pixel: the required ``SamplesPerPixel`` (1: grey); None: any.
@@ -76,7 +76,7 @@ def dicom_gate_reason(path: str | os.PathLike, modalities: Sequence[str] | None 
     """
     import pydicom
 
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    ds = path if isinstance(path, pydicom.Dataset) else pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     modality = str(ds.get("Modality", "")).upper()
     if modalities and modality not in {m.upper() for m in modalities}:
         return (f"modality {modality or 'missing'}: this model reads {', '.join(modalities)} images only; "

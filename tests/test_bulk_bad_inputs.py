@@ -73,3 +73,52 @@ def test_two_hundred_inputs_twenty_broken(tmp_path):
     summary = json.loads((out / "predictions.summary.json").read_text())
     assert (summary["files"], summary["predicted"], summary["errors"]) == (200, GOOD, 20)
     assert sorted(r["file"] for r in summary["rejected"]) == sorted(map(str, broken))
+
+
+def test_training_leaves_out_bad_rows_and_files(tmp_path, tmp_path_factory):
+    """The training side: labels outside the allowed values, a listed image that does not exist, a truncated
+    JPEG and a zero-byte file in a CheXpert folder are each reported by file and row with the reason in the
+    run's ``splits/problems.json``; the model is trained on the rest."""
+    import csv
+    import shutil
+
+    from test_bundles import dataset_dir, run_stage, tiny_bundle
+
+    root = tmp_path / "chexpert"
+    shutil.copytree(dataset_dir(tmp_path_factory, "chexpert").parent, root)
+    folder = root / "CheXpert-v1.0-small"
+    table = folder / "train.csv"
+    rows = list(csv.DictReader(table.open()))
+    columns = list(rows[0])
+    frontal = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
+    bad = {"label 2.0": frontal[0], "label yes": frontal[1], "missing": frontal[2], "truncated": frontal[3],
+           "empty": frontal[4]}
+    bad["label 2.0"]["Pleural Effusion"] = "2.0"
+    bad["label yes"]["Pleural Effusion"] = "yes"
+    bad["missing"]["Path"] = bad["missing"]["Path"].replace("view1_frontal", "view9_frontal")
+    image = lambda row: root / row["Path"]  # noqa: E731 - the CSV's paths start at the dataset folder
+    jpeg = image(bad["truncated"])
+    jpeg.write_bytes(jpeg.read_bytes()[:200])
+    image(bad["empty"]).write_bytes(b"")
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    bundle = tiny_bundle("chexpert", tmp_path)
+    out = tmp_path / "out"
+    run_stage(bundle, "train", dataset_dir=str(folder), output_dir=str(out), bundle_root=str(bundle),
+              **{"train#trainer#max_epochs": 1, "train#dataloader#drop_last": True})  # tiny net: no batch of 1
+    assert (out / "models" / "model_erm.pt").is_file()
+    report = json.loads((out / "splits" / "problems.json").read_text())
+    assert report["left_out"] == len(report["problems"]) == 5
+    by_image = {Path(p["image"]).name if p["image"] else None: p for p in report["problems"]}
+    reasons = " | ".join(p["reason"] for p in report["problems"])
+    assert "'2.0' is not one of" in reasons and "'yes' is not one of" in reasons and "not found" in reasons
+    for kind in ("label 2.0", "label yes", "missing"):
+        problem = next(p for p in report["problems"] if p["image"] and p["image"].endswith(bad[kind]["Path"]))
+        assert problem["file"].endswith("train.csv") and isinstance(problem["row"], int)
+    assert {jpeg.name, image(bad["empty"]).name} <= set(by_image)
+    split_images = {it["image"] for f in (out / "splits").glob("*.json") if f.name not in ("splits.json", "problems.json")
+                    for it in json.loads(f.read_text()) if isinstance(it, dict)}
+    assert split_images and not {str(image(r)) for r in bad.values()} & split_images

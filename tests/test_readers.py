@@ -369,3 +369,23 @@ def test_generic_bad_input(tmp_path):
     with pytest.raises(ConfigError):
         read_dataset("mnist", tmp_path)
     assert set(READERS) == {"chexpert", "isic2017", "simba", "generic"}
+
+
+def test_bad_rows_are_left_out_with_their_reason_when_asked(tmp_path):
+    """With ``problems``, a reader leaves out a bad label, a blank path, a duplicate id and a missing image,
+    recording file, row, column and reason for each; without it, the first bad row raises."""
+    from shortcut_kd.data.generic import read_generic
+
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    table = tmp_path / "list.csv"
+    table.write_text("image,label,id\na.png,1,a\nb.png,2,b\n,0,c\nc.png,0,a\ngone.png,1,d\nc.png,0,e\n")
+    problems: list = []
+    items = read_generic(table, problems=problems)
+    assert [it["id"] for it in items] == ["a", "e"]
+    assert [(p["row"], p["column"]) for p in problems] == [(2, "label"), (3, "image"), (4, "id"), (5, "image")]
+    assert "'2' is not one of 0, 1" in problems[0]["reason"] and "already used" in problems[2]["reason"]
+    assert problems[3]["image"].endswith("gone.png") and "not found" in problems[3]["reason"]
+    assert all(p["file"] == str(table) for p in problems)
+    with pytest.raises(DataError, match="row 2"):
+        read_generic(table)

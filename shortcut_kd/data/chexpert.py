@@ -20,7 +20,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from shortcut_kd.data.generic import (
-    is_blank, parse_age, parse_number, raise_missing_images, read_table, require_columns, splits_found,
+    is_blank, leave_out, leave_out_missing, parse_age, parse_number, read_table, require_columns, splits_found,
 )
 from shortcut_kd.errors import ConfigError, DataError
 
@@ -88,7 +88,8 @@ def relative_image_path(path_value: str) -> PurePosixPath:
 
 
 def read_chexpert(root: str | os.PathLike, split: str = "train", label: str = "Pleural Effusion",
-                  uncertainty: str = "zeros", frontal_only: bool = True, check_files: bool = True) -> list[dict]:
+                  uncertainty: str = "zeros", frontal_only: bool = True, check_files: bool = True,
+                  problems: list | None = None) -> list[dict]:
     """Read a CheXpert split as a MONAI datalist.
 
     Args:
@@ -100,6 +101,8 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", label: str = "P
             A blank label means "not mentioned" and is always negative.
         frontal_only: keep frontal views only (``Frontal/Lateral == "Frontal"``).
         check_files: raise if any image does not exist.
+        problems: a list that receives one entry per bad row (bad label, blank path, missing image), which
+            is then left out instead of raised (see :func:`~shortcut_kd.data.generic.leave_out`).
 
     Returns:
         items ``{"image", "label", "id", "patient", "sex", "age", "view", "projection"}``; ``id`` is the
@@ -135,9 +138,15 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", label: str = "P
                 n_lateral += 1
                 continue
         cell = row.get(label)
-        value = 0.0 if is_blank(cell) else parse_number(
-            cell, (1.0, 0.0, -1.0), csv_path, i, label,
-            fix="CheXpert labels are 1.0, 0.0, -1.0 (uncertain) or blank (not mentioned); repair the cell.")
+        try:
+            value = 0.0 if is_blank(cell) else parse_number(
+                cell, (1.0, 0.0, -1.0), csv_path, i, label,
+                fix="CheXpert labels are 1.0, 0.0, -1.0 (uncertain) or blank (not mentioned); repair the cell.")
+        except DataError as e:
+            path_cell = row.get("Path")
+            leave_out(problems, e, None if is_blank(path_cell) else
+                      os.path.abspath(folder / relative_image_path(str(path_cell))))
+            continue
         if value == -1.0:
             n_uncertain += 1
             if uncertainty == "ignore":
@@ -145,8 +154,9 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", label: str = "P
             value = 1.0 if uncertainty == "ones" else 0.0
         path_value = row.get("Path")
         if is_blank(path_value):
-            raise DataError("the image path is empty.", file=str(csv_path), row=i, column="Path",
-                            fix="repair the row or use an unmodified CheXpert CSV.")
+            leave_out(problems, DataError("the image path is empty.", file=str(csv_path), row=i, column="Path",
+                                          fix="repair the row or use an unmodified CheXpert CSV."))
+            continue
         rel = relative_image_path(str(path_value))
         image = os.path.abspath(folder / rel)
         patient = next((p for p in rel.parts if _PATIENT.match(p)), rel.parts[1] if len(rel.parts) > 2 else "")
@@ -162,9 +172,10 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", label: str = "P
         })
         if check_files and not os.path.isfile(image):
             missing.append((i, image))
-    raise_missing_images(missing, len(items), csv_path, "Path",
-                         fix=f"pass the CheXpert folder holding {SPLIT_FILES[split]} and the "
-                             f"'{SPLIT_FILES[split][:-4]}/' image folder, with every image extracted.")
+    gone = leave_out_missing(problems, missing, len(items), csv_path, "Path",
+                             fix=f"pass the CheXpert folder holding {SPLIT_FILES[split]} and the "
+                                 f"'{SPLIT_FILES[split][:-4]}/' image folder, with every image extracted.")
+    items = [item for item in items if item["image"] not in gone]
     if n_uncertain:
         action = {"zeros": "read as negative (U-Zeros)", "ones": "read as positive (U-Ones)",
                   "ignore": "dropped (U-Ignore)"}[uncertainty]

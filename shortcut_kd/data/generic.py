@@ -113,6 +113,28 @@ def parse_age(value: Any) -> int:
         return -1
 
 
+def leave_out(problems: list | None, error: DataError, image: str | None = None) -> None:
+    """Record a bad row in ``problems`` (the reader leaves it out and goes on), or raise ``error`` when
+    ``problems`` is None (the readers' default: any bad row stops the read)."""
+    if problems is None:
+        raise error
+    problems.append({"file": error.file, "row": error.row, "column": error.column, "image": image,
+                     "reason": str(error)})
+    logger.warning("left out: %s", error)
+
+
+def leave_out_missing(problems: list | None, missing: Sequence[tuple[int | str, str]], total: int,
+                      file: str | os.PathLike, column: str, fix: str) -> set[str]:
+    """:func:`raise_missing_images`, or, with ``problems``, one entry per missing image; returns the
+    missing paths so the caller drops their items."""
+    if problems is None:
+        raise_missing_images(missing, total, file, column, fix)
+        return set()
+    for row, image in missing:
+        leave_out(problems, DataError("image file not found.", file=str(file), row=row, column=column, fix=fix), image)
+    return {image for _, image in missing}
+
+
 def raise_missing_images(missing: Sequence[tuple[int | str, str]], total: int, file: str | os.PathLike,
                          column: str, fix: str) -> None:
     """Raise one :class:`DataError` for all missing images, with the count and the first few.
@@ -192,7 +214,7 @@ def _json_rows(path: Path, data_list_key: str | None) -> tuple[list[str], list[M
 
 def read_generic(list_file: str | os.PathLike, root: str | os.PathLike | None = None, image_column: str = "image",
                  label_column: str = "label", id_column: str = "id", data_list_key: str | None = None,
-                 check_files: bool = True) -> list[dict]:
+                 check_files: bool = True, problems: list | None = None) -> list[dict]:
     """Read a CSV or JSON list of image files with binary labels.
 
     The images may be DICOM files (``.dcm`` or without extension) or DICOM series folders,
@@ -213,6 +235,9 @@ def read_generic(list_file: str | os.PathLike, root: str | os.PathLike | None = 
         id_column: column holding a unique sample id.
         data_list_key: for a JSON object holding several lists, the key of the one to read.
         check_files: raise if any listed image does not exist.
+        problems: a list that receives one ``{"file", "row", "column", "image", "reason"}`` per bad row
+            (blank path, bad label or bias, duplicate id, missing image), which is then left out
+            instead of raised.
 
     Returns:
         the datalist: ``{"image": absolute path, "label": 0|1, "id": str, ...}`` per row.
@@ -237,29 +262,33 @@ def read_generic(list_file: str | os.PathLike, root: str | os.PathLike | None = 
     missing: list[tuple[int, str]] = []
     for i, row in enumerate(rows, start=1):
         value = row.get(image_column)
-        if is_blank(value):
-            raise DataError("the image path is empty.", file=str(path), row=i, column=image_column,
-                            fix="give every row an image path, or drop the row.")
-        image = resolve_path(str(value), base)
-        item: dict[str, Any] = {
-            "image": image,
-            "label": int(parse_number(row.get(label_column), (0, 1), path, i, label_column)),
-        }
-        sample_id = row.get(id_column)
-        item["id"] = str(value).strip() if is_blank(sample_id) else str(sample_id).strip()
-        if item["id"] in seen:
-            raise DataError(f"id '{item['id']}' was already used in row {seen[item['id']]}.", file=str(path), row=i,
-                            column=id_column if id_column in columns else image_column,
-                            fix="give every sample a unique id (or list each image once).")
+        image = None if is_blank(value) else resolve_path(str(value), base)
+        try:
+            if image is None:
+                raise DataError("the image path is empty.", file=str(path), row=i, column=image_column,
+                                fix="give every row an image path, or drop the row.")
+            item: dict[str, Any] = {
+                "image": image,
+                "label": int(parse_number(row.get(label_column), (0, 1), path, i, label_column)),
+            }
+            sample_id = row.get(id_column)
+            item["id"] = str(value).strip() if is_blank(sample_id) else str(sample_id).strip()
+            if item["id"] in seen:
+                raise DataError(f"id '{item['id']}' was already used in row {seen[item['id']]}.", file=str(path),
+                                row=i, column=id_column if id_column in columns else image_column,
+                                fix="give every sample a unique id (or list each image once).")
+            for f in fields:
+                cell = row.get(f)
+                item[f] = parse_age(cell) if f == "age" else ("" if is_blank(cell) else str(cell).strip())
+            if has_bias:
+                item["bias"] = int(parse_number(row.get("bias"), (0, 1), path, i, "bias"))
+        except DataError as e:
+            leave_out(problems, e, image)
+            continue
         seen[item["id"]] = i
-        for f in fields:
-            cell = row.get(f)
-            item[f] = parse_age(cell) if f == "age" else ("" if is_blank(cell) else str(cell).strip())
-        if has_bias:
-            item["bias"] = int(parse_number(row.get("bias"), (0, 1), path, i, "bias"))
         if check_files and not os.path.exists(image):
             missing.append((i, image))
         items.append(item)
-    raise_missing_images(missing, len(items), path, image_column,
-                         fix=f"check the paths in '{image_column}'; relative paths are resolved against '{base}'.")
-    return items
+    gone = leave_out_missing(problems, missing, len(items), path, image_column,
+                             fix=f"check the paths in '{image_column}'; relative paths are resolved against '{base}'.")
+    return [item for item in items if item["image"] not in gone]

@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from shortcut_kd.data.generic import (
-    canonical_split, is_blank, parse_age, parse_number, raise_missing_images, read_table, require_columns, splits_found,
+    canonical_split, is_blank, leave_out, leave_out_missing, parse_age, parse_number, read_table, require_columns,
+    splits_found,
 )
 from shortcut_kd.errors import DataError
 
@@ -85,13 +86,16 @@ def _read_metadata(path: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def read_isic2017(root: str | os.PathLike, split: str = "train", check_files: bool = True) -> list[dict]:
+def read_isic2017(root: str | os.PathLike, split: str = "train", check_files: bool = True,
+                  problems: list | None = None) -> list[dict]:
     """Read an ISIC 2017 split as a MONAI datalist (melanoma vs. not).
 
     Args:
         root: the folder holding the ``ISIC-2017_*_Data`` folders and the ground-truth CSVs.
         split: ``"train"``, ``"val"`` or ``"test"`` (ISIC's Training, Validation and Test_v2 sets).
         check_files: raise if any image listed in the CSV is not in the data folder.
+        problems: a list that receives one entry per bad row (blank id, bad label, missing image), which
+            is then left out instead of raised (see :func:`~shortcut_kd.data.generic.leave_out`).
 
     Returns:
         items ``{"image", "label", "id", "seborrheic_keratosis"}``, ``id`` being the ISIC image id;
@@ -127,25 +131,30 @@ def read_isic2017(root: str | os.PathLike, split: str = "train", check_files: bo
     for i, row in enumerate(rows, start=1):
         image_id = (row.get("image_id") or "").strip()
         if is_blank(image_id):
-            raise DataError("the image id is empty.", file=str(csv_path), row=i, column="image_id",
-                            fix="repair the row or use the unmodified ISIC ground-truth CSV.")
+            leave_out(problems, DataError("the image id is empty.", file=str(csv_path), row=i, column="image_id",
+                                          fix="repair the row or use the unmodified ISIC ground-truth CSV."))
+            continue
         image_path = files.get(image_id)
         if image_path is None:
             missing.append((i, str(data_dir / f"{image_id}.jpg")))
             if check_files:
                 continue
             image_path = data_dir / f"{image_id}.jpg"
-        item = {
-            "image": os.path.abspath(image_path),
-            "label": int(parse_number(row.get("melanoma"), (0, 1), csv_path, i, "melanoma")),
-            "id": image_id,
-            "seborrheic_keratosis": int(parse_number(row.get("seborrheic_keratosis"), (0, 1), csv_path, i,
-                                                     "seborrheic_keratosis")) if has_sk else 0,
-        }
+        try:
+            item = {
+                "image": os.path.abspath(image_path),
+                "label": int(parse_number(row.get("melanoma"), (0, 1), csv_path, i, "melanoma")),
+                "id": image_id,
+                "seborrheic_keratosis": int(parse_number(row.get("seborrheic_keratosis"), (0, 1), csv_path, i,
+                                                         "seborrheic_keratosis")) if has_sk else 0,
+            }
+        except DataError as e:
+            leave_out(problems, e, os.path.abspath(image_path))
+            continue
         if metadata is not None:
             item["sex"], item["age"] = metadata.get(image_id, ("unknown", -1))
         items.append(item)
     if check_files:
-        raise_missing_images(missing, len(rows), csv_path, "image_id",
-                             fix=f"extract every image of the ISIC 2017 {SPLIT_NAMES[split]} set into {data_dir}.")
+        leave_out_missing(problems, missing, len(rows), csv_path, "image_id",
+                          fix=f"extract every image of the ISIC 2017 {SPLIT_NAMES[split]} set into {data_dir}.")
     return items

@@ -7,16 +7,21 @@ import logging
 import os
 from pathlib import Path
 
-from shortcut_kd.io import read_json
+from shortcut_kd.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_splits"]
+__all__ = ["PROBLEMS_FILE", "prepare_splits"]
+
+PROBLEMS_FILE = "problems.json"
+"""Written beside the splits: every input left out (bad row, missing or undecodable image) and why."""
 
 
 def prepare_splits(dataset: str, dataset_dir: str | os.PathLike, split_dir: str | os.PathLike, settings,
                    ood_dir: str | os.PathLike | None = None) -> Path:
-    """Read ``dataset`` under ``dataset_dir``, drop undecodable images, build the splits and write them.
+    """Read ``dataset`` under ``dataset_dir``, leave out bad rows (a label outside the allowed values, a
+    blank or missing path) and undecodable images, build the splits and write them with
+    :data:`PROBLEMS_FILE` listing what was left out and why.
 
     The splits are rebuilt when the settings or the source folders change; otherwise the written datalists
     are reused, so every stage and rerun sees the same samples and bias flags.
@@ -31,7 +36,6 @@ def prepare_splits(dataset: str, dataset_dir: str | os.PathLike, split_dir: str 
     Returns:
         ``split_dir``.
     """
-    from shortcut_kd.data.image_check import check_images
     from shortcut_kd.data.readers import read_dataset
     from shortcut_kd.data.splits import build_splits, write_splits
 
@@ -43,10 +47,26 @@ def prepare_splits(dataset: str, dataset_dir: str | os.PathLike, split_dir: str 
         if old.get("settings") == _plain(settings.to_dict()) and old.get("source") == source:
             return split_dir
         logger.warning("split settings changed: rebuilding %s", split_dir)
-    pool, _ = check_images(read_dataset(dataset, dataset_dir, "all"), on_error="skip")
-    ood = check_images(read_dataset(dataset, ood_dir, "all"), on_error="skip")[0] if ood_dir else None
+    problems: list[dict] = []
+    pool = _readable(read_dataset(dataset, dataset_dir, "all", problems=problems), problems)
+    ood = _readable(read_dataset(dataset, ood_dir, "all", problems=problems), problems) if ood_dir else None
     write_splits(build_splits(pool, settings, ood_datalist=ood), split_dir, settings, source=source)
+    write_json(split_dir / PROBLEMS_FILE, {"left_out": len(problems), "kept": len(pool) + len(ood or []),
+                                           "problems": problems})
+    if problems:
+        logger.warning("%d input(s) left out (bad rows or undecodable images), each with its reason in %s",
+                       len(problems), split_dir / PROBLEMS_FILE)
     return split_dir
+
+
+def _readable(items: list[dict], problems: list[dict]) -> list[dict]:
+    """The items whose image decodes; the others are added to ``problems`` with the reason."""
+    from shortcut_kd.data.image_check import check_images
+
+    kept, bad = check_images(items, on_error="skip")
+    problems += [{"file": p["image"], "row": p.get("id"), "column": "image", "image": p["image"],
+                  "reason": p["error"]} for p in bad]
+    return kept
 
 
 def _plain(data: dict) -> dict:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from shortcut_kd.data.generic import (
-    canonical_split, is_blank, parse_number, raise_missing_images, read_table, require_columns,
+    canonical_split, is_blank, leave_out, leave_out_missing, parse_number, read_table, require_columns,
 )
 from shortcut_kd.errors import DataError
 
@@ -46,7 +46,8 @@ def _stem(filename: str) -> str:
     return Path(name).stem
 
 
-def read_simba(root: str | os.PathLike, split: str = "train", check_files: bool = True) -> list[dict]:
+def read_simba(root: str | os.PathLike, split: str = "train", check_files: bool = True,
+               problems: list | None = None) -> list[dict]:
     """Read a SimBA split as a MONAI datalist.
 
     The image is ``filepath`` when that file exists (an absolute path, or one relative to
@@ -57,6 +58,8 @@ def read_simba(root: str | os.PathLike, split: str = "train", check_files: bool 
         root: the folder holding ``train.csv``, ``val.csv``, ``test.csv`` and the split folders.
         split: ``"train"``, ``"val"`` or ``"test"``.
         check_files: raise if any volume is found neither at ``filepath`` nor in the split folder.
+        problems: a list that receives one entry per bad row (blank name, bad label, missing volume),
+            which is then left out instead of raised (see :func:`~shortcut_kd.data.generic.leave_out`).
 
     Returns:
         items ``{"image", "label", "id", "bias"}``: ``label`` from ``class_label``, ``bias`` from
@@ -84,8 +87,9 @@ def read_simba(root: str | os.PathLike, split: str = "train", check_files: bool 
     for i, row in enumerate(rows, start=1):
         filename = row.get("filename")
         if is_blank(filename):
-            raise DataError("the file name is empty.", file=str(csv_path), row=i, column="filename",
-                            fix="repair the row or use the CSV that SimBA's generator wrote.")
+            leave_out(problems, DataError("the file name is empty.", file=str(csv_path), row=i, column="filename",
+                                          fix="repair the row or use the CSV that SimBA's generator wrote."))
+            continue
         filename = str(filename).strip()
         image = root / split / Path(filename).name
         filepath = row.get("filepath")
@@ -94,16 +98,20 @@ def read_simba(root: str | os.PathLike, split: str = "train", check_files: bool 
             given = given if given.is_absolute() else root / given
             if given.is_file():
                 image = given
-        label = int(parse_number(row.get("class_label"), (0, 1), csv_path, i, "class_label"))
-        if has_bias:
-            bias = int(parse_number(row.get("bias_label"), (0, 1), csv_path, i, "bias_label"))
-        else:
-            bias = int(bool(_BIAS_IN_NAME.search(filename)))
+        try:
+            label = int(parse_number(row.get("class_label"), (0, 1), csv_path, i, "class_label"))
+            if has_bias:
+                bias = int(parse_number(row.get("bias_label"), (0, 1), csv_path, i, "bias_label"))
+            else:
+                bias = int(bool(_BIAS_IN_NAME.search(filename)))
+        except DataError as e:
+            leave_out(problems, e, os.path.abspath(image))
+            continue
         items.append({"image": os.path.abspath(image), "label": label, "id": f"{split}/{_stem(filename)}",
                       "bias": bias})
         if check_files and not image.is_file():
-            missing.append((i, str(image)))
-    raise_missing_images(missing, len(items), csv_path, "filepath",
-                         fix=f"put the volumes in {root / split}/ under the names in 'filename' "
-                             "(or make 'filepath' point at them).")
-    return items
+            missing.append((i, os.path.abspath(image)))
+    gone = leave_out_missing(problems, missing, len(items), csv_path, "filepath",
+                             fix=f"put the volumes in {root / split}/ under the names in 'filename' "
+                                 "(or make 'filepath' point at them).")
+    return [item for item in items if item["image"] not in gone]

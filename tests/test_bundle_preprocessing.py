@@ -118,3 +118,16 @@ def test_preprocessing_without_its_loader_takes_in_memory_images(name, tmp_path_
     assert "original_channel_dim" in image.meta
     expected = full({"image": item["image"]})["image"]
     assert torch.allclose(stripped({"image": image})["image"], expected, atol=1e-6)
+
+
+def test_compile_option_reaches_the_trainer_only():
+    """``compile: true`` compiles the trainer's network (MONAI's ``SupervisedTrainer(compile=...)``); the
+    module that checkpoints save stays the plain one, so checkpoint keys do not change."""
+    parser = _parser("isic2017", "train.json", compile=True, **{"train#dataloader": "$[]", "train#handlers": []})
+    parser.update({"train#trainer#compile_kwargs": {"backend": "eager"}})
+    trainer = parser.get_parsed_content("train#trainer")
+    saved = parser.get_parsed_content("train#save_dict")["model"]
+    assert isinstance(trainer.network, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.network._orig_mod is saved and not isinstance(saved, torch._dynamo.eval_frame.OptimizedModule)
+    assert not any(k.startswith("_orig_mod") for k in saved.state_dict())
+    assert not _parser("isic2017", "train.json").get_parsed_content("compile")

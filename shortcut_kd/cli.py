@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("shortcut_kd.workflows.bundle_cli", "run a stage of a MONAI bundle (e.g. run isic2017 distill)"),
     "bundle-performance": ("shortcut_kd.study.bundle_performance",
                            "write a bundle's Performance table and metadata eval_metrics from a results.json"),
+    "export-bundle": ("shortcut_kd.workflows.export_bundle",
+                      "write a MONAI model zoo submission of a bundle with a run's weights, then check it"),
+    "validate-bundle": ("shortcut_kd.workflows.zoo_checks", "run the MONAI model zoo's CI checks on a bundle folder"),
 }
 
 

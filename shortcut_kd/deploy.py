@@ -23,7 +23,7 @@ import numpy as np
 from shortcut_kd.errors import DataError
 
 __all__ = ["BundleSettings", "NotForModel", "bundle_settings", "series_selection_rules", "instance_image",
-           "positive_probability"]
+           "positive_probability", "write_study_report"]
 
 
 class NotForModel(ValueError):
@@ -104,8 +104,9 @@ def instance_image(ds: Any, settings: BundleSettings) -> tuple[np.ndarray, dict[
     colour = pixels.ndim == 3
     pixels = np.swapaxes(pixels, 0, 1)  # (rows, cols[, 3]) -> (cols, rows[, 3]), as MONAI's readers index
     spatial = pixels.shape[:2]
-    meta = {MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if colour else "no_channel", MetaKeys.SPATIAL_SHAPE: np.asarray(spatial),
-            MetaKeys.AFFINE: np.eye(3), MetaKeys.ORIGINAL_AFFINE: np.eye(3)}
+    meta: dict[str, Any] = {MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if colour else "no_channel",
+                            MetaKeys.SPATIAL_SHAPE: np.asarray(spatial), MetaKeys.AFFINE: np.eye(3),
+                            MetaKeys.ORIGINAL_AFFINE: np.eye(3)}
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
         meta[key] = str(ds.get(key, ""))
     return pixels.astype(np.float32), meta
@@ -114,9 +115,30 @@ def instance_image(ds: Any, settings: BundleSettings) -> tuple[np.ndarray, dict[
 def positive_probability(output: Any) -> float:
     """The finding's probability from what the SDK's bundle operator emits for a ``probabilities`` output
     (``{"result": ..., "probabilities": array}``) or from a tensor / array of the two class probabilities."""
-    value = output.get("probabilities") if isinstance(output, Mapping) else output
-    flat = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float64).reshape(-1)
+    value: Any = output.get("probabilities") if isinstance(output, Mapping) else output
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    flat = np.asarray(value, dtype=np.float64).reshape(-1)
     if flat.size != 2:
         raise DataError(f"the output holds {flat.size} value(s); expected the two class probabilities.",
                         column="pred", fix="use the bundle's softmax postprocessing on a two-logit network.")
     return float(flat[1])
+
+
+def write_study_report(datasets: list, probability: float, settings: BundleSettings, output_dir: str | os.PathLike,
+                       checkpoint: str | os.PathLike | None = None) -> Path:
+    """The DICOM Structured Report of one prediction on ``datasets`` (the instance(s) the image was made of),
+    written as ``<output_dir>/<StudyInstanceUID>.sr.dcm`` by :mod:`shortcut_kd.workflows.dicom_sr`; the
+    algorithm is the bundle's name and version with the sha256 of ``checkpoint``."""
+    from shortcut_kd.provenance import file_sha256
+    from shortcut_kd.workflows.dicom_sr import write_study_reports
+
+    if not datasets:
+        raise DataError("no source instance to report on.", column="datasets",
+                        fix="pass the instance(s) the predicted image was made of.")
+    present = float(probability) >= settings.threshold
+    study = str(datasets[0].StudyInstanceUID)
+    sha = file_sha256(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else ""
+    finding = settings.finding or {"scheme": "99SHORTCUTKD", "value": "FINDING", "meaning": "Finding"}
+    return write_study_reports({study: [(ds, float(probability), present) for ds in datasets]}, output_dir, finding,
+                               settings.name, settings.version, sha or "", settings.threshold)[0]

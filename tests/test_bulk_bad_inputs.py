@@ -119,6 +119,6 @@ def test_training_leaves_out_bad_rows_and_files(tmp_path, tmp_path_factory):
         problem = next(p for p in report["problems"] if p["image"] and p["image"].endswith(bad[kind]["Path"]))
         assert problem["file"].endswith("train.csv") and isinstance(problem["row"], int)
     assert {jpeg.name, image(bad["empty"]).name} <= set(by_image)
-    split_images = {it["image"] for f in (out / "splits").glob("*.json") if f.name not in ("splits.json", "problems.json")
-                    for it in json.loads(f.read_text()) if isinstance(it, dict)}
+    datalists = [f for f in (out / "splits").glob("*.json") if f.name not in ("splits.json", "problems.json")]
+    split_images = {it["image"] for f in datalists for it in json.loads(f.read_text()) if isinstance(it, dict)}
     assert split_images and not {str(image(r)) for r in bad.values()} & split_images

@@ -41,10 +41,12 @@ def truncated_copy(src: Path, dest: Path, keep: float = 0.3) -> Path:
     return dest
 
 
-def check_rows(rows: list[dict], readable: set[str], broken: set[str]) -> None:
+def check_rows(rows: list[dict], readable: set[str], broken: set[str], folder: Path) -> None:
+    from shortcut_kd.workflows.inference import list_inputs
+
     names = [Path(r["file"]).name for r in rows]
     assert sorted(names) == sorted(readable | broken), "one row per input file"
-    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows), "rows in input (folder) order"
+    assert [r["file"] for r in rows] == [d["file"] for d in list_inputs(folder)], "rows in input (folder) order"
     for row in rows:
         name = Path(row["file"]).name
         if name in readable:
@@ -74,7 +76,7 @@ def test_dicom_png_jpeg_folder_2d(tmp_path):
     out = tmp_path / "out"
     rows = predict(bundle, folder, out, **{"gradcam#enabled": True, "dicom_gate": None})  # reading only: no gate
     readable = {"CT_small.dcm", "MR_small.dcm", "IM0001", "xray.png", "photo.jpg"}
-    check_rows(rows, readable, {"MR_truncated.dcm", "rtplan.dcm", "CT_cut.dcm"})
+    check_rows(rows, readable, {"MR_truncated.dcm", "rtplan.dcm", "CT_cut.dcm"}, folder)
     for row in rows:
         if row["status"] == "ok":
             assert Path(row["gradcam"]).is_file() and Path(row["gradcam"]).parent == out / "gradcam"
@@ -97,7 +99,7 @@ def test_nifti_folder_3d(tmp_path):
     bundle = bundle_with_weights("simba", tmp_path)
     rows = predict(bundle, folder, tmp_path / "out")
     check_rows(rows, {"anatomical.nii", "reoriented_anat_moved.nii", "standard.nii.gz"},
-               {"anatomical_cut.nii", "example_cut.nii.gz", "slice.png"})
+               {"anatomical_cut.nii", "example_cut.nii.gz", "slice.png"}, folder)
     reasons = {Path(r["file"]).name: r["reason"] for r in rows}
     assert "spatial dimensions" in reasons["slice.png"] and "decode" in reasons["anatomical_cut.nii"]
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
-
 from test_bundles import REPO, TINY, dataset_dir
 
 BUNDLES = ["isic2017", "chexpert", "simba"]

@@ -1,6 +1,6 @@
 """The three MONAI bundles, model-zoo style: every stage through ``ConfigWorkflow`` on tiny synthetic data
 in each dataset's native layout (initialize, check_properties, run, finalize), resuming, the
-``shortcut-kd run`` command, TorchScript export and ``verify_net_in_out``.
+``shortcut-kd run`` command, TorchScript export, ``verify_net_in_out`` and the model zoo export.
 
 The helpers at the top are shared with ``test_bundle_inference.py`` and ``test_bundle_ddp.py``.
 """
@@ -108,8 +108,9 @@ def network_of(bundle: Path, config: str = "inference.json") -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------ tests
 @pytest.mark.parametrize("name", ["isic2017", "chexpert", "simba"])
 def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
-    """train -> teacher -> distill -> (oracle, ISIC only) -> evaluate -> inference, each as a ConfigWorkflow,
-    run from an unrelated working directory with only bundle_root / dataset_dir / output_dir given."""
+    """train -> teacher -> distill -> (oracle, ISIC only) -> evaluate -> export-bundle -> inference, each stage as
+    a ConfigWorkflow, run from an unrelated working directory with only bundle_root / dataset_dir / output_dir
+    given."""
     from shortcut_kd.distill import ProbeSet
     from shortcut_kd.evaluation import validate_results
     from shortcut_kd.nets import get_taps
@@ -154,6 +155,7 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
     assert results["dataset"] == name and results["architecture"] == network_of(bundle).arch_name
     assert {"unbiased", "conflicting"} <= set(results["methods"]["kd"]["test"])
     assert results["shortcut"]["name"] == ("native" if name == "simba" else "patch")
+    check_zoo_export(bundle, out, data, tmp_path / "zoo" / bundle.name)
 
     test_items = json.loads((out / "splits" / "test_clean.json").read_text())
     listing = tmp_path / "to_predict.txt"
@@ -171,6 +173,45 @@ def test_bundle_stages(name, tmp_path_factory, tmp_path, monkeypatch):
         fields = r.split(",")
         assert fields[5:8] == ["", "", ""] and fields[8:11] == [meta["name"], meta["version"], sha]
         assert fields[11] == rows[1].split(",")[11] != ""
+
+
+def check_zoo_export(bundle: Path, out: Path, data: Path, zoo: Path) -> None:
+    """``shortcut-kd export-bundle`` of the run in ``out``: the submission's layout, hashes, data licence and
+    provenance, and every model zoo check passing."""
+    import yaml
+
+    from shortcut_kd.cli import main
+
+    # the evaluate stage found the generator's record in the dataset folder
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["synthetic"] and results["data"]["generator"] == f"shortcut-kd synth {results['dataset']}"
+    code = main(["export-bundle", str(bundle), str(zoo), "--weights", str(out), "--dataset-dir", str(data)])
+    assert code == 0, "a model zoo check failed"
+    run_models, models = out / "models", zoo / "models"
+    assert (models / "model.pt").read_bytes() == (run_models / "model.pt").read_bytes()
+    shipped = {p.name for p in models.iterdir()}
+    assert shipped == {"model.ts"} | ({p.name for p in run_models.glob("*.pt")} - {p.name for p in
+                                                                                   run_models.glob("*_last.pt")})
+    assert {"model.pt", "model_erm.pt", "model_teacher.pt", "teacher_probes.pt"} <= shipped
+    assert {"configs", "docs", "LICENSE", "models", "large_files.yml"} == set(os.listdir(zoo))
+    assert not any(p.is_symlink() for p in zoo.rglob("*"))
+    large = yaml.safe_load((zoo / "large_files.yml").read_text())["large_files"]
+    assert sorted(e["path"] for e in large) == sorted(f"models/{n}" for n in shipped)
+    for entry in large:
+        assert entry["url"] == "" and entry["hash_type"] == "md5"
+        assert entry["hash_val"] == hashlib.md5((zoo / entry["path"]).read_bytes()).hexdigest()
+    assert "synthetic" in (zoo / "docs" / "data_license.txt").read_text()
+    meta = json.loads((zoo / "configs" / "metadata.json").read_text())
+    metrics = meta["eval_metrics"]
+    assert metrics["source"] == "docs/results.json" and (zoo / "docs" / "results.json").is_file()
+    assert metrics["source_sha256"] == hashlib.sha256((zoo / "docs" / "results.json").read_bytes()).hexdigest()
+    assert any(k.endswith("_auc_kd") for k in metrics)
+    assert not any(isinstance(v, str) and os.path.isabs(v) for v in metrics.values())
+    assert set(meta["model_files"]) == {f"models/{n}" for n in shipped}
+    for text in (zoo / "docs" / "README.md", zoo / "configs" / "metadata.json", zoo / "docs" / "data_license.txt"):
+        assert str(zoo.parents[1]) not in text.read_text(), f"{text.name} names a folder of this machine"
+    # a second export into the same folder needs --force
+    assert main(["export-bundle", str(bundle), str(zoo), "--weights", str(out)]) == 2
 
 
 def test_resume_continues_from_last_state(tmp_path_factory, tmp_path):
@@ -308,9 +349,10 @@ def test_metadata_and_docs_are_complete():
         assert (bundle / "LICENSE").read_text().strip().startswith("Apache License")
         readme = (bundle / "docs" / "README.md").read_text()
         for section in ("Model description", "Data", "Preprocessing", "Training", "Performance",
-                        "System configuration", "Limitations", "Citation", "dataset_dir"):
+                        "System configuration", "Limitations", "## Authors", "## Tags", "Citation", "dataset_dir",
+                        "shortcut-kd export-bundle", "shortcut-kd validate-bundle"):
             assert section in readme, (spec["folder"], section)
         for config in ("train", "teacher", "distill", "oracle", "evaluate", "inference", "multi_gpu_train"):
             json.loads((bundle / "configs" / f"{config}.json").read_text())
         assert (bundle / "configs" / "logging.conf").is_file()
-        assert not (set(os.listdir(bundle)) - {"LICENSE", "configs", "docs", "models", "eval"})
+        assert not (set(os.listdir(bundle)) - {"LICENSE", "configs", "docs", "models", "eval", "zoo"})

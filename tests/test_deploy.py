@@ -16,8 +16,8 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from pydicom.data import get_testdata_file
-
 from test_bundles import network_of, run_stage, tiny_bundle
+from test_dicom_sr import evidence_uids, per_image
 
 FRONTAL_CR = "dicomdirtests/77654033/CR3/6278"  # CR, MONOCHROME1, ViewPosition AP
 LATERAL_CR = "dicomdirtests/77654033/CR1/6154"  # CR, MONOCHROME1, ViewPosition LL
@@ -30,13 +30,15 @@ def _testdata(name: str) -> str:
 
 
 def test_series_rules_select_the_bundles_modalities():
-    from shortcut_kd.deploy import bundle_settings, series_selection_rules
     from test_bundles import REPO
+
+    from shortcut_kd.deploy import bundle_settings, series_selection_rules
 
     rules = series_selection_rules(bundle_settings(REPO / "bundles" / "chexpert_shortcut_kd"))
     pattern = rules["selections"][0]["conditions"]["Modality"]
     # the SDK's selector matches a string condition with re.search(..., re.IGNORECASE)
-    assert [m for m in ("CR", "DX", "dx", "CT", "MR", "CRX") if re.search(pattern, m, re.IGNORECASE)] == ["CR", "DX", "dx"]
+    selected = [m for m in ("CR", "DX", "dx", "CT", "MR", "CRX") if re.search(pattern, m, re.IGNORECASE)]
+    assert selected == ["CR", "DX", "dx"]
     simba = series_selection_rules(bundle_settings(REPO / "bundles" / "simba_shortcut_kd"))
     assert simba["selections"][0]["conditions"] == {}
 
@@ -95,3 +97,20 @@ def test_positive_probability_reads_the_sdk_output():
     assert positive_probability(torch.tensor([0.9, 0.1])) == pytest.approx(0.1)
     with pytest.raises(DataError, match="two class probabilities"):
         positive_probability(np.zeros(3))
+
+
+def test_app_report_references_the_predicted_instance(tmp_path):
+    """The app's report step: one SR for the study, referencing the instance the image was made of, with the
+    probability and the finding the bundle declares."""
+    from test_bundles import REPO
+
+    from shortcut_kd.deploy import bundle_settings, write_study_report
+
+    settings = bundle_settings(REPO / "bundles" / "chexpert_shortcut_kd")
+    ds = pydicom.dcmread(_testdata(FRONTAL_CR))
+    path = write_study_report([ds], 0.8, settings, tmp_path)
+    sr = pydicom.dcmread(path)
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.Modality == "SR"
+    assert evidence_uids(sr) == {ds.SOPInstanceUID}
+    (image,) = per_image(sr).items()
+    assert image[0] == ds.SOPInstanceUID and image[1]["probability"] == pytest.approx(0.8)

@@ -4,11 +4,15 @@ are tiny copies (``tests/test_bundles.tiny_bundle``), and the ``shortcut-kd`` tr
 tiny-size ``--set`` flags. A command that errors fails the test.
 
 Only the commands that *are* this check are not rerun: the set-up, the test suite and the lint commands
-(CI runs them), and the full ``shortcut-kd demo`` (``tests/test_demo.py`` runs it on tiny data).
+(CI runs them), and the full ``shortcut-kd demo`` (``tests/test_demo.py`` runs it on tiny data). The
+``export-bundle`` and ``validate-bundle`` commands run in this process, through ``shortcut_kd.cli.main`` as the
+``shortcut-kd`` script does, from the same folder: a new process would spend most of its time importing
+torch and MONAI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +31,7 @@ TINY_SETTINGS = ["--set", "image_size=16", "--set", 'architecture="resnet10"',
                  "--set", "teacher_epochs=1", "--set", "specialist_size=16",
                  "--set", "n_bootstrap=20", "--set", "num_workers=0", "--set", "distill.probe_epochs=1",
                  "--set", "baselines.jtt_epochs=1", "--set", "epochs=1", "--device", "cpu"]
+IN_PROCESS = ("export-bundle", "validate-bundle")
 
 
 def documented_commands(doc: Path) -> list[str]:
@@ -41,6 +46,12 @@ def documented_commands(doc: Path) -> list[str]:
 
 
 def _run(argv: list[str], cwd: Path) -> None:
+    if argv[1:3] == ["-m", "shortcut_kd.cli"] and argv[3] in IN_PROCESS:
+        from shortcut_kd.cli import main
+
+        with contextlib.chdir(cwd):
+            assert main(argv[3:]) == 0, shlex.join(argv)
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
@@ -54,7 +65,7 @@ def _argv(command: str, paths: dict[str, str], bundles_dir: Path) -> list[str]:
     if head == "shortcut-kd":
         argv = [sys.executable, "-m", "shortcut_kd.cli", *argv[1:]]
         sub = argv[3]
-        if sub == "run":
+        if sub in ("run", "export-bundle"):
             argv += ["--bundles-dir", str(bundles_dir)]
         elif sub in ("stage", "protocol"):
             argv += TINY_SETTINGS
@@ -123,6 +134,16 @@ def test_readme_commands(tmp_path_factory, tmp_path):
     paths["/path/to/data"] = str(isic)
     for command in documented_commands(bundle / "docs" / "README.md"):
         _run(_argv(command, paths, bundles), bundle)
+    _assert_zoo_submission(bundle)
+
+
+def _assert_zoo_submission(bundle: Path) -> None:
+    """What the README's model zoo commands leave: the submission and the predictions of its inference."""
+    zoo = bundle / "zoo" / bundle.name
+    assert (zoo / "models" / "model.ts").is_file() and (zoo / "large_files.yml").is_file()
+    assert (zoo / "models" / "model.pt").read_bytes() == (bundle / "eval" / "models" / "model.pt").read_bytes()
+    rows = (bundle / "zoo" / "predictions" / "predictions.csv").read_text().splitlines()
+    assert len(rows) > 1 and all(r.split(",")[3] == "ok" for r in rows[1:])
 
 
 @pytest.mark.parametrize("name", ["chexpert", "simba"])  # isic2017: in test_readme_commands
@@ -135,9 +156,13 @@ def test_bundle_doc_commands(name, tmp_path_factory, tmp_path):
     for stage in ("train", "teacher", "distill"):
         run_stage(bundle, stage, dataset_dir=str(data), bundle_root=str(bundle))
     placeholders = {"chexpert": "/data/CheXpert-v1.0-small", "simba": "/data/SimBA"}
-    paths = {placeholders[name]: str(data), "/path/to/data": str(data)}
+    cases = tmp_path / "new_cases.txt"
+    suffix = ".nii.gz" if name == "simba" else ".jpg"
+    cases.write_text("\n".join(str(p) for p in sorted(data.rglob(f"*{suffix}"))[:3]) + "\n")
+    paths = {placeholders[name]: str(data), "/path/to/data": str(data), "/path/to/new_cases": str(cases)}
     commands = documented_commands(bundle / "docs" / "README.md")
     assert commands
     for command in commands:
         _run(_argv(command, paths, bundles), bundle)
     assert (bundle / "eval" / "models" / "model.ts").is_file()
+    _assert_zoo_submission(bundle)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from monai.engines import Workflow
 
 from shortcut_kd.errors import ConfigError, DataError, ShortcutKDError
-from shortcut_kd.io import save_torch, write_json
+from shortcut_kd.io import read_json, save_torch, write_json
 
 __all__ = [
     "prepare_bundle_splits",
@@ -653,6 +653,7 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Modu
     Returns:
         The results dict (schema ``shortcut-kd/results/v1``).
     """
+    from shortcut_kd.data.synthetic.generate import synthetic_marker
     from shortcut_kd.evaluation.metrics import compute_metrics, predict
     from shortcut_kd.evaluation.schema import SCHEMA
     from shortcut_kd.provenance import environment, file_sha256
@@ -686,6 +687,9 @@ def evaluate_checkpoints(checkpoints: Mapping[str, str | None], network: nn.Modu
                "methods": methods,
                "provenance": {"split_manifest_sha256": file_sha256(Path(split_dir) / "splits.json"),
                               "n_bootstrap": int(n_bootstrap), **environment(device)}}
+    marker = synthetic_marker((read_json(Path(split_dir) / "splits.json").get("source") or {}).get("dataset_dir"))
+    if marker:  # generated data: the results say so (bundle docs and exported metadata read it)
+        results["data"] = marker
     if is_rank0():  # the predictions first: a results.json never stands beside stale predictions
         if predictions_file:
             write_json(predictions_file, {"schema": PREDICTIONS_SCHEMA, "sets": sets, "methods": predictions})

@@ -82,16 +82,99 @@ def _read_list_file(path: Path) -> list[str]:
     return files
 
 
+def _dicom_header(path: str) -> Any:
+    """The header of a DICOM file (pydicom, pixels not read), or None when it cannot be read or has no UIDs."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # a broken header: the file is listed by path and gets its error row later
+        return None
+    return ds if ds.get("StudyInstanceUID") or ds.get("SeriesInstanceUID") else None
+
+
+def _dicom_sort_key(path: str, ds: Any) -> tuple:
+    """(StudyInstanceUID, SeriesInstanceUID, InstanceNumber, path); a missing InstanceNumber sorts last."""
+    try:
+        number = (0, float(ds.get("InstanceNumber")))
+    except (TypeError, ValueError):
+        number = (1, 0.0)
+    return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), number, path
+
+
+_SERIES_FIELDS = ("ImageOrientationPatient", "Rows", "Columns", "SliceThickness", "SeriesNumber", "SequenceName",
+                  "SeriesDate")
+"""Header fields every slice of a series read as one volume shares (GDCM's series details and ITKReader's
+SeriesDate restriction, plus the orientation)."""
+
+
+def _series_folder(files: list[str], headers: Mapping[str, Any]) -> str | None:
+    """The folder of a series' files when MONAI can read it as one volume, else None.
+
+    MONAI reads a DICOM series from its folder (``ITKReader``: GDCM's series reader, slices sorted along
+    the slice normal by ImagePositionPatient); a list of files would be stacked as channels. So a series
+    is one volume only when its files are single-frame, the only DICOM files of their folder, and agree
+    on orientation and on the fields by which GDCM splits a folder into series (else ITK would read a part).
+    """
+    from shortcut_kd.data.dicom import is_dicom_file
+
+    members = set(files)
+    folders = {os.path.dirname(f) for f in files}
+    geometry = {tuple(str(headers[f].get(k, "")) for k in _SERIES_FIELDS) for f in files}
+    frames = {int(headers[f].get("NumberOfFrames", 1) or 1) for f in files}
+    if len(files) < 2 or len(folders) != 1 or len(geometry) != 1 or frames != {1}:
+        return None
+    folder = folders.pop()
+    with os.scandir(folder or ".") as entries:
+        if any(e.is_file() and e.path not in members and is_dicom_file(e.path) for e in entries):
+            return None
+    return folder
+
+
+def _dicom_items(files: list[str], group: bool, as_volume: bool) -> list[dict]:
+    """The items of a folder's ``files`` (path order) with DICOM files grouped and series collapsed (see
+    :func:`list_inputs`)."""
+    from shortcut_kd.data.dicom import is_dicom_file
+
+    headers = {f: _dicom_header(f) for f in files if is_dicom_file(f)}
+    headers = {f: ds for f, ds in headers.items() if ds is not None}
+    if group:
+        files = sorted(headers, key=lambda f: _dicom_sort_key(f, headers[f])) + [f for f in files if f not in headers]
+    image: dict[str, str | None] = {f: f for f in files}  # file -> its item's image; None: in a series volume
+    if as_volume:
+        series: dict[tuple, list[str]] = {}
+        for f in files:
+            if f in headers:
+                series.setdefault(_dicom_sort_key(f, headers[f])[:2], []).append(f)
+        for members in series.values():
+            folder = _series_folder(members, headers)
+            if folder is not None:
+                image.update({f: None for f in members[1:]})
+                image[members[0]] = folder
+            elif len(members) > 1:
+                logger.warning("DICOM series %s is predicted file by file, not as one volume: give it a folder of "
+                               "its own, of single-frame files.", headers[members[0]].get("SeriesInstanceUID", ""))
+    return [{"image": image[f], "file": image[f]} for f in files if image[f] is not None]
+
+
 def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike],
-                suffixes: Sequence[str] = INPUT_SUFFIXES) -> list[dict]:
+                suffixes: Sequence[str] = INPUT_SUFFIXES, group_dicom: bool = True,
+                dicom_series_as_volume: bool = False) -> list[dict]:
     """The files to predict, as a MONAI datalist ``[{"image": path, "file": path}]`` in a stable order.
 
     Args:
         source: a folder (searched recursively for ``suffixes``, sorted by path; DICOM files without an
             extension are included), a single image file, a ``.txt`` / ``.csv`` list of paths (relative to
             the list's folder), or a list of paths (kept in the given order, also when a file is missing:
-            it gets a row with the reason).
+            it gets a row with the reason; a listed folder is read as one DICOM series).
         suffixes: file name endings collected from a folder.
+        group_dicom: in a folder, list the DICOM files first, by (StudyInstanceUID, SeriesInstanceUID,
+            InstanceNumber, path) read from their headers, then the other files (and DICOM files whose
+            header cannot be read) by path.
+        dicom_series_as_volume: in a folder, give a DICOM series as one item ``{"image": its folder,
+            "file": its folder}``, read as one 3D volume by MONAI's DICOM series reader, when its
+            single-frame files of one size and orientation are the only DICOM files of that folder; any
+            other series stays one item per file.
 
     Raises:
         DataError: ``source`` does not exist, or a folder holds no image.
@@ -111,6 +194,8 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike],
         else:
             raise DataError("input folder or file not found.", file=str(path),
                             fix="set dataset_dir to a folder of images, an image, or a text/CSV list of paths.")
+        if path.is_dir() and (group_dicom or dicom_series_as_volume):
+            return _dicom_items(files, group_dicom, dicom_series_as_volume)
     else:
         files = [str(p) for p in source]
     return [{"image": f, "file": f} for f in files]
@@ -238,10 +323,22 @@ UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 PROVENANCE_COLUMNS = ("model", "model_version", "checkpoint_sha256", "preprocessing_hash")
 
 
-def dicom_uids(file: str) -> tuple[str, str, str]:
-    """The Study, Series and SOP Instance UIDs of a DICOM file (empty for other files or unreadable headers)."""
+def series_files(folder: str | os.PathLike) -> list[str]:
+    """The DICOM files of a series folder (an input read as one volume), sorted by name."""
     from shortcut_kd.data.dicom import is_dicom_file
 
+    return sorted(str(p) for p in Path(folder).iterdir() if p.is_file() and is_dicom_file(p))
+
+
+def dicom_uids(file: str) -> tuple[str, str, str]:
+    """The Study, Series and SOP Instance UIDs of a DICOM file (empty for other files or unreadable headers);
+    for a series folder read as one volume, its Study and Series UIDs and no SOP Instance UID."""
+    from shortcut_kd.data.dicom import is_dicom_file
+
+    if os.path.isdir(file):
+        files = series_files(file)
+        study, series, _ = dicom_uids(files[0]) if files else ("", "", "")
+        return study, series, ""
     if not (os.path.isfile(file) and is_dicom_file(file)):
         return "", "", ""
     try:
@@ -288,16 +385,28 @@ class PredictionWriter:
         provenance: ``model``, ``version``, ``checkpoint`` and ``preprocessing`` (:func:`model_provenance`):
             adds the DICOM UIDs of each input and the model's name, version, checkpoint sha256 and
             preprocessing hash to every row.
+        structured_report: ``enabled``, ``output_dir`` (default: ``sr`` beside the CSV) and ``finding``
+            (``{"scheme", "value", "meaning"}``): when enabled, :meth:`write` also writes one DICOM SR per
+            study of the predicted DICOM inputs (:func:`~shortcut_kd.workflows.dicom_sr.write_structured_reports`,
+            needs ``pip install 'shortcut-kd[dicom-sr]'``) and lists them in the summary.
     """
 
     def __init__(self, output_file: str | os.PathLike, inputs: InferenceInputs, threshold: float = 0.5,
                  gradcam_dir: str | os.PathLike | None = None, pred_key: str = "pred", file_key: str = "file",
-                 provenance: Mapping[str, Any] | None = None) -> None:
+                 provenance: Mapping[str, Any] | None = None,
+                 structured_report: Mapping[str, Any] | None = None) -> None:
         self.output_file, self.inputs, self.threshold = Path(output_file), inputs, float(threshold)
         self.gradcam_dir = Path(gradcam_dir) if gradcam_dir else None
         self.pred_key, self.file_key = pred_key, file_key
         self.probabilities: dict[str, float] = {}
         self.provenance = model_provenance(**provenance) if provenance else None
+        self.structured_report: dict[str, Any] | None = None
+        if structured_report and structured_report.get("enabled", False):
+            from shortcut_kd.workflows.dicom_sr import finding_code, require_highdicom
+
+            require_highdicom()  # fail before inference runs, not after
+            finding_code(structured_report.get("finding", {}))
+            self.structured_report = dict(structured_report)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
@@ -350,10 +459,35 @@ class PredictionWriter:
         writer.writerow(list(CSV_COLUMNS) + provenance + (["gradcam"] if self.gradcam_dir else []))
         writer.writerows(self.rows())
         write_text(self.output_file, buf.getvalue())
-        write_json(self.summary_file, self.summary())
+        summary = self.summary()
+        if self.structured_report is not None:
+            summary["structured_reports"] = [self._summary_path(p) for p in self.write_structured_reports()]
+        write_json(self.summary_file, summary)
         logger.info("predictions for %d of %d files written to %s", len(self.probabilities), len(self.inputs.files),
                     self.output_file)
         return self.output_file
+
+    def write_structured_reports(self) -> list[Path]:
+        """Write one DICOM SR per study of the predicted DICOM inputs (see ``structured_report``)."""
+        from shortcut_kd.workflows.dicom_sr import write_structured_reports
+
+        config = self.structured_report or {}
+        provenance = self.provenance or {}
+        rows = [{"file": f, "status": "ok", "probability": self.probabilities[f],
+                 "predicted_label": int(self.probabilities[f] >= self.threshold)}
+                for f in self.inputs.files if f in self.probabilities]
+        return write_structured_reports(rows, config.get("output_dir") or self.output_file.parent / "sr",
+                                        config["finding"], model_name=provenance.get("model", ""),
+                                        model_version=provenance.get("model_version", ""),
+                                        checkpoint_sha256=provenance.get("checkpoint_sha256", ""),
+                                        threshold=self.threshold)
+
+    def _summary_path(self, path: Path) -> str:
+        """``path`` relative to the summary's folder when inside it, else as given."""
+        try:
+            return str(Path(path).resolve().relative_to(self.summary_file.parent.resolve()))
+        except ValueError:
+            return str(path)
 
 
 class GradCAMWriter:

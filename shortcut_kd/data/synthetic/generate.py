@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shortcut_kd.errors import ConfigError
+from shortcut_kd.io import read_json, write_json
+
+SYNTHETIC_MARKER = "shortcut_kd_synthetic.json"
+"""Written by :func:`synthesize` in the dataset root: how the data were generated."""
 
 #: dataset name -> (module, writer function, default n, default image size)
 _WRITERS: dict[str, tuple[str, str, int, int]] = {
@@ -63,5 +67,17 @@ def synthesize(dataset: str, out_dir: str | os.PathLike, n: int | None = None, s
         ``out_dir`` for the others.
     """
     writer = _writer(dataset)
-    return writer(out_dir, n=default_n(dataset) if n is None else n, seed=seed, variant=variant,
-                  image_size=image_size, **kwargs)
+    n = default_n(dataset) if n is None else n
+    root = Path(writer(out_dir, n=n, seed=seed, variant=variant, image_size=image_size, **kwargs))
+    write_json(root / SYNTHETIC_MARKER, {"synthetic": True, "generator": f"shortcut-kd synth {dataset}", "n": n,
+                                         "seed": seed, "variant": variant, "image_size": image_size})
+    return root
+
+
+def synthetic_marker(dataset_dir: str | os.PathLike | None) -> dict | None:
+    """What :func:`synthesize` recorded about the data in ``dataset_dir`` (None for other data), so that
+    results say when they come from generated images."""
+    if not dataset_dir:
+        return None
+    path = Path(dataset_dir) / SYNTHETIC_MARKER
+    return read_json(path) if path.is_file() else None

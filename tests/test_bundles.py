@@ -277,11 +277,13 @@ def test_shortcut_kd_run_command(tmp_path_factory, tmp_path, capsys):
     """``shortcut-kd run BUNDLE STAGE`` resolves short names, merges the stage config and runs it."""
     from shortcut_kd.cli import main
     from shortcut_kd.errors import ConfigError
-    from shortcut_kd.workflows.bundle_cli import resolve_bundle, stage_configs
+    from shortcut_kd.workflows.bundle_cli import TASK_NAMES, resolve_bundle, stage_configs
 
     for short, folder in (("isic2017", "isic2017_shortcut_kd"), ("chexpert", "chexpert_shortcut_kd"),
                           ("simba", "simba_shortcut_kd")):
         assert resolve_bundle(short) == REPO / "bundles" / folder
+        task = next(k for k, v in TASK_NAMES.items() if v == folder)  # the model zoo's naming habit
+        assert resolve_bundle(task) == resolve_bundle(folder) == REPO / "bundles" / folder
         files, kind = stage_configs(resolve_bundle(short), "kd")
         assert [Path(f).name for f in files] == ["train.json", "distill.json"] and kind == "train"
     with pytest.raises(ConfigError, match="STAGE"):

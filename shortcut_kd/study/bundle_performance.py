@@ -148,8 +148,11 @@ def _study_section(study: dict, bundle_dir: Path, source: str, command: str, pat
     env = study.get("environment") or {}
     seeds = ", ".join(map(str, study["config"]["seeds"]))
     parts = [BEGIN, "",
-             f"From the study `{study['name']}` (`shortcut-kd study`): every method tuned with the same budget on "
-             "the bias-annotated validation split, then run on the reported seeds; mean ± sd over seeds "
+             f"From the study `{study['name']}` (`shortcut-kd study`): "
+             + ("every method with its bundle defaults (one trial each, nothing tuned)"
+                if int(study["config"].get("trials", 1)) <= 1 else
+                "every method tuned with the same budget on the bias-annotated validation split")
+             + ", then run on the reported seeds; mean ± sd over seeds "
              f"{seeds}; KD − method: paired bootstrap of the conflicting-test AUC, pooled over seeds. "
              + ("The data are the synthetic data of the embedded default, not the real dataset: the numbers show "
                 "what the pipeline measures, not how a model does on real images." if synthetic else ""), ""]

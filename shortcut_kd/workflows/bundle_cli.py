@@ -45,10 +45,18 @@ ALIASES = {"erm": "train", "kd": "distill", "infer": "inference", "eval": "evalu
 """results.json method keys (and short forms) -> bundle stage."""
 
 
+TASK_NAMES = {
+    "chest_xray_effusion_classification": "chexpert_shortcut_kd",
+    "skin_dermoscopy_melanoma_classification": "isic2017_shortcut_kd",
+    "brain_mri_simba_classification": "simba_shortcut_kd",
+}
+"""The bundles under the model zoo's ``<anatomy>_<modality>_<task>`` names (aliases of the folder names)."""
+
+
 def _bundle_names() -> dict[str, str]:
     from shortcut_kd.data.registry import DATASETS
 
-    return {name: entry.bundle for name, entry in DATASETS.items()}
+    return {**{name: entry.bundle for name, entry in DATASETS.items()}, **TASK_NAMES}
 
 
 def _default_bundles_dir() -> Path:

@@ -94,13 +94,13 @@ def instance_image(ds: Any, settings: BundleSettings) -> tuple[np.ndarray, dict[
     if settings.spatial_dims != 2:
         raise NotForModel(f"a {settings.spatial_dims}D bundle reads whole series: use the SDK's "
                           "DICOMSeriesToVolumeOperator for it.")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:  # from the header, before decoding anything
+        raise NotForModel("a multi-frame instance: this model reads single-frame images; not predicted.")
     try:
         pixels = display_pixels(ds)
     except Exception as e:  # no pixel data, unsupported compression: the instance is reported, not predicted
         raise DataError(f"cannot decode the pixel data ({type(e).__name__}: {e}).",
                         file=str(ds.get("SOPInstanceUID", "?")), fix="check the instance's transfer syntax.") from e
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise NotForModel("a multi-frame instance: this model reads single-frame images; not predicted.")
     colour = pixels.ndim == 3
     pixels = np.swapaxes(pixels, 0, 1)  # (rows, cols[, 3]) -> (cols, rows[, 3]), as MONAI's readers index
     spatial = pixels.shape[:2]
@@ -138,7 +138,7 @@ def write_study_report(datasets: list, probability: float, settings: BundleSetti
                         fix="pass the instance(s) the predicted image was made of.")
     present = float(probability) >= settings.threshold
     study = str(datasets[0].StudyInstanceUID)
-    sha = file_sha256(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else ""
+    sha = (file_sha256(checkpoint) if checkpoint is not None else None) or ""
     finding = settings.finding or {"scheme": "99SHORTCUTKD", "value": "FINDING", "meaning": "Finding"}
     return write_study_reports({study: [(ds, float(probability), present) for ds in datasets]}, output_dir, finding,
-                               settings.name, settings.version, sha or "", settings.threshold)[0]
+                               settings.name, settings.version, sha, settings.threshold)[0]

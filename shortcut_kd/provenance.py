@@ -16,10 +16,16 @@ __all__ = ["file_sha256", "json_sha256", "git_commit", "environment", "relative_
 
 def file_sha256(path: str | os.PathLike) -> str | None:
     """The SHA-256 of a file's bytes (None when it does not exist)."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str | None:
+    """The ``hashlib`` digest ``algorithm`` (e.g. ``md5`` for ``large_files.yml``) of a file's bytes, read in
+    blocks (None when it does not exist)."""
     path = Path(path)
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -360,6 +360,21 @@ def test_rampup_scales_the_terms():
     assert set(seen[0]) >= {"kd_layer1", "kd_layer2", "kd_final"} and "kd_layer3" not in seen[0]
 
 
+def test_a_compiled_student_is_refused_with_taps_and_trained_on_the_final_logits_alone():
+    """Forward hooks do not run inside a torch.compile'd graph: intermediate taps are refused by name, before
+    any step; the final-logit term needs no hook and trains (eager backend: no compiler needed)."""
+    teacher = _net()
+    kd = LayerwiseDistillationHandler(teacher, "all", loss="attention_transfer")
+    trainer = _trainer(_net(), _loader(_data(4)), [kd], compile=True, compile_kwargs={"backend": "eager"})
+    with pytest.raises(ConfigError, match="compile.*set compile: false for the kd stage"):
+        trainer.run()
+    final = LayerwiseDistillationHandler(teacher, "none", loss="attention_transfer")
+    trainer = _trainer(_net(), _loader(_data(4)), [final], compile=True, compile_kwargs={"backend": "eager"})
+    seen = _record(trainer)
+    trainer.run()
+    assert seen and float(seen[-1]["kd_final"]) > 0
+
+
 def test_handler_configuration_errors():
     teacher = _net()
     with pytest.raises(ConfigError, match="fit_probes"):

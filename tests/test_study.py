@@ -161,3 +161,42 @@ def test_readme_headline_is_generated_from_the_committed_study(monkeypatch):
     assert update_readme(repo / "README.md", repo / source, source=source, check=True) is False, (
         "regenerate: shortcut-kd study configs/studies/isic2017_demo.yaml --out benchmarks/study/isic2017_demo "
         "--aggregate-only --readme README.md")
+
+
+def test_a_trial_is_reused_only_on_top_of_the_same_upstream_choice(tmp_path, isic_tree, monkeypatch):
+    """A KD trial trained on one ERM is not scored against a KD trial trained on another: when ERM's choice
+    changes, every KD trial runs again (records are keyed by their own parameters and the upstream choices)."""
+    import shortcut_kd.workflows.runner as runner
+    from shortcut_kd.study.jobs import tune
+
+    calls: list[tuple[str, float | None]] = []
+    erm_scores = {"first": {0: 0.9, 1: 0.1}, "second": {0: 0.1, 1: 0.9}}  # which ERM trial wins
+    phase = ["first"]
+    erm_lr: dict[float | None, int] = {}
+
+    def fake_stage(exp, method, progress=False, evaluation="test"):
+        lr = exp.settings.for_method(method).lr  # None: the bundle default
+        calls.append((method, lr))
+        if method == "erm":
+            score = erm_scores[phase[0]][erm_lr.setdefault(lr, len(erm_lr))]
+        else:
+            score = 0.5
+        return {"aligned": {"auc": 1.0}, "conflicting": {"auc": score}}
+
+    monkeypatch.setattr(runner, "run_stage", fake_stage)
+    cfg = read_study(_study_file(tmp_path / "t.yaml", isic_tree))
+    out = tmp_path / "study"
+    first = tune(cfg, out, "isic2017", "patch")
+    assert [m for m, _ in calls] == ["erm", "erm", "kd", "kd"]
+    calls.clear()
+    assert tune(cfg, out, "isic2017", "patch") == first and calls == []  # a resume runs nothing again
+    phase[0] = "second"  # ERM's records are dropped and rescored: the other ERM trial now wins
+    trials_file = out / "tune" / "isic2017" / "patch" / "trials.json"
+    records = json.loads(trials_file.read_text())
+    records["trials"] = [t for t in records["trials"] if t["method"] != "erm"]
+    trials_file.write_text(json.dumps(records))
+    second = tune(cfg, out, "isic2017", "patch")
+    assert second["chosen"]["erm"] != first["chosen"]["erm"]
+    assert [m for m, _ in calls] == ["erm", "erm", "kd", "kd"]  # both KD trials again, on the new ERM
+    kd_records = [t for t in json.loads(trials_file.read_text())["trials"] if t["method"] == "kd"]
+    assert all(t["upstream"]["erm"] == second["chosen"]["erm"] for t in kd_records)

@@ -22,10 +22,21 @@ from monai.config import PathLike
 from monai.data import ImageReader
 from monai.utils import MetaKeys
 
-__all__ = ["DicomDisplayReader", "dicom_gate_reason", "is_dicom_file", "display_pixels", "LATERAL_VIEWS"]
+__all__ = ["DicomDisplayReader", "dicom_gate_reason", "dicom_header", "is_dicom_file", "display_pixels",
+           "LATERAL_VIEWS"]
 
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 _SUFFIXES = (".dcm", ".dicom")
+
+
+def dicom_header(path: str | os.PathLike) -> Any | None:
+    """The header of a DICOM file (pydicom, pixel data not read), or None when it cannot be read."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception:  # a broken header: the callers report the file by path
+        return None
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:

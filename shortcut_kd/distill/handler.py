@@ -261,6 +261,13 @@ class LayerwiseDistillationHandler:
                 raise TypeError(f"LayerwiseDistillationHandler needs a SupervisedTrainer-like engine with "
                                 f"`{attr}`; got {type(engine).__name__}.")
         trainer = cast("SupervisedTrainer", engine)  # or an engine with the same three attributes
+        if hasattr(trainer.network, "_orig_mod") and not final_only(self.student_taps_spec):
+            # the taps are read by forward hooks added around each student pass; a torch.compile'd graph
+            # does not run hooks added after it was traced, so the intermediate terms would see no features
+            raise ConfigError("compile", True, "layer-wise distillation reads the student's intermediate layers "
+                                               "through forward hooks, which a torch.compile'd student does not "
+                                               "run: set compile: false for the kd stage (other stages may keep "
+                                               "it), or distil the final logits only (layers: none).")
         student = unwrap(trainer.network)
         device = getattr(engine.state, "device", None)
         if device is None:

@@ -150,9 +150,12 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
         space = cfg.search_space.get(method, {})
         candidates = draw_trials(space, cfg.trials, cfg.sampler_seed + METHOD_ORDER.index(method))
         scored = []
+        # a trial is trained on top of the settings chosen so far (ERM's under the teacher, the teacher's under
+        # KD): a record counts only when both its own parameters and those upstream choices are the same
+        upstream = {m: p for m, p in chosen.items()}
         for k, params in enumerate(candidates):
             record = done.get((method, k))
-            if record is None or record["params"] != params:
+            if record is None or record["params"] != params or record.get("upstream") != upstream:
                 start = time.time()
                 scores: dict[str, dict] = {}
                 for seed in cfg.tuning_seeds:
@@ -164,7 +167,7 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
                                          "auc": {v: (validation.get(v) or {}).get("auc")
                                                  for v in ("aligned", "conflicting")}}
                 values = [float(s["score"]) for s in scores.values() if s["score"] is not None]
-                record = {"method": method, "trial": k, "params": params, "seeds": scores,
+                record = {"method": method, "trial": k, "params": params, "upstream": upstream, "seeds": scores,
                           "score": sum(values) / len(values) if values else None,
                           "seconds": round(time.time() - start, 1)}
                 done[(method, k)] = record

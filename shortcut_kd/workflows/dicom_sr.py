@@ -68,12 +68,11 @@ def _lo(text: str) -> str:
 
 def _read_source(file: str) -> Any | None:
     """The header of a predicted DICOM file, or None (with a warning) when it cannot be referenced."""
-    import pydicom
+    from shortcut_kd.data.dicom import dicom_header
 
-    try:
-        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
-    except Exception as e:  # predicted already, so rare: the CSV row stands, only the report leaves it out
-        logger.warning("not in the structured report: %s: header unreadable (%s)", file, e)
+    ds = dicom_header(file)
+    if ds is None:  # predicted already, so rare: the CSV row stands, only the report leaves it out
+        logger.warning("not in the structured report: %s: header unreadable", file)
         return None
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
                if not str(ds.get(k, "")).strip()]

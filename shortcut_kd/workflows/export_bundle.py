@@ -52,7 +52,7 @@ DATA_TERMS = {
 """Per dataset: the terms of the data the weights are trained on (``docs/data_license.txt``)."""
 
 
-def _check_run(run_dir: Path) -> tuple[Path, Path]:
+def _check_run(run_dir: Path) -> None:
     model, results = run_dir / "models" / "model.pt", run_dir / "results.json"
     if not model.is_file():
         raise DataError("no distilled student.", file=str(model),
@@ -60,7 +60,6 @@ def _check_run(run_dir: Path) -> tuple[Path, Path]:
     if not results.is_file():
         raise DataError("no results of the run.", file=str(results),
                         fix="run the evaluate stage (shortcut-kd run NAME evaluate) with this output folder first.")
-    return model, results
 
 
 def _check_results_match(results: dict, models: Path, source: Path) -> None:
@@ -76,14 +75,6 @@ def _check_results_match(results: dict, models: Path, source: Path) -> None:
                 raise DataError(f"method '{method}' was scored on another {ckpt['file']} than the one in "
                                 f"{models}.", file=str(source), column=f"methods.{method}.checkpoint.sha256",
                                 fix="rerun the evaluate stage after the last training stage.")
-
-
-def _dataset_of(bundle_dir: Path) -> str:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "train.json"))
-    return str(parser["splits"]["dataset"])
 
 
 def data_license(results: dict, dataset: str, metadata: dict) -> str:
@@ -104,12 +95,6 @@ def data_license(results: dict, dataset: str, metadata: dict) -> str:
                         "Source of this statement: docs/results.json (the evaluation of these weights).", ""])
 
 
-def _md5(path: Path) -> str:
-    from shortcut_kd.workflows.zoo_checks import md5sum
-
-    return md5sum(path)
-
-
 def _write_submission(bundle_dir: Path, run_dir: Path, target: Path) -> None:
     """Everything of the submission, into the empty folder ``target``."""
     import yaml
@@ -117,8 +102,9 @@ def _write_submission(bundle_dir: Path, run_dir: Path, target: Path) -> None:
 
     from shortcut_kd.io import read_json, write_json, write_text
     from shortcut_kd.study.bundle_performance import update_bundle
+    from shortcut_kd.workflows.zoo_checks import bundle_dataset, md5sum
 
-    model, results_file = _check_run(run_dir)
+    results_file = run_dir / "results.json"  # both files checked by export_bundle before anything is written
     results = read_json(results_file)
     _check_results_match(results, run_dir / "models", results_file)
     for folder in ("configs", "docs"):  # copies the linked stage configs' content (symlinks=False)
@@ -138,12 +124,12 @@ def _write_submission(bundle_dir: Path, run_dir: Path, target: Path) -> None:
     meta_file = target / "configs" / "metadata.json"
     metadata = read_json(meta_file)
     write_json(meta_file, {**metadata, "model_files": shipped})
-    write_text(target / "docs" / "data_license.txt", data_license(results, _dataset_of(bundle_dir), metadata))
+    write_text(target / "docs" / "data_license.txt", data_license(results, bundle_dataset(bundle_dir), metadata))
     # after the metadata is final: ckpt_export stores it inside model.ts
     ckpt_export("network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model.pt"),
                 meta_file=str(meta_file), config_file=str(target / "configs" / "inference.json"),
                 bundle_root=str(target))
-    large = [{"path": f"models/{p.name}", "url": "", "hash_val": _md5(p), "hash_type": "md5"}
+    large = [{"path": f"models/{p.name}", "url": "", "hash_val": md5sum(p), "hash_type": "md5"}
              for p in sorted(models.iterdir()) if p.is_file()]
     write_text(target / "large_files.yml", "# url: fill in where each file is hosted before submitting\n"
                + yaml.safe_dump({"large_files": large}, sort_keys=False))

@@ -83,14 +83,12 @@ def _read_list_file(path: Path) -> list[str]:
 
 
 def _dicom_header(path: str) -> Any:
-    """The header of a DICOM file (pydicom, pixels not read), or None when it cannot be read or has no UIDs."""
-    import pydicom
+    """The header of a DICOM file, or None when it cannot be read (the file is listed by path and gets its
+    error row later) or has no UIDs."""
+    from shortcut_kd.data.dicom import dicom_header
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # a broken header: the file is listed by path and gets its error row later
-        return None
-    return ds if ds.get("StudyInstanceUID") or ds.get("SeriesInstanceUID") else None
+    ds = dicom_header(path)
+    return ds if ds is not None and (ds.get("StudyInstanceUID") or ds.get("SeriesInstanceUID")) else None
 
 
 def _dicom_sort_key(path: str, ds: Any) -> tuple:
@@ -333,7 +331,7 @@ def series_files(folder: str | os.PathLike) -> list[str]:
 def dicom_uids(file: str) -> tuple[str, str, str]:
     """The Study, Series and SOP Instance UIDs of a DICOM file (empty for other files or unreadable headers);
     for a series folder read as one volume, its Study and Series UIDs and no SOP Instance UID."""
-    from shortcut_kd.data.dicom import is_dicom_file
+    from shortcut_kd.data.dicom import dicom_header, is_dicom_file
 
     if os.path.isdir(file):
         files = series_files(file)
@@ -341,11 +339,8 @@ def dicom_uids(file: str) -> tuple[str, str, str]:
         return study, series, ""
     if not (os.path.isfile(file) and is_dicom_file(file)):
         return "", "", ""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
-    except Exception:  # a broken header: its row already says why it was not predicted
+    ds = dicom_header(file)
+    if ds is None:  # a broken header: its row already says why it was not predicted
         return "", "", ""
     return tuple(str(ds.get(k, "")) for k in UID_COLUMNS)  # type: ignore[return-value]
 
@@ -355,14 +350,9 @@ def model_provenance(model: str = "", version: str = "", checkpoint: str | os.Pa
     """What made a prediction: the bundle's name and version, the checkpoint's sha256 and a hash of the
     preprocessing (the transforms' pickled state, as the preprocessing cache keys it)."""
     from shortcut_kd.data.cache import transform_hash
+    from shortcut_kd.provenance import file_sha256
 
-    digest = ""
-    if checkpoint is not None and Path(checkpoint).is_file():
-        sha = hashlib.sha256()
-        with open(checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        digest = sha.hexdigest()
+    digest = (file_sha256(checkpoint) if checkpoint is not None else None) or ""
     transforms = getattr(preprocessing, "transforms", preprocessing)
     prep = transform_hash(list(transforms)).decode() if transforms is not None else ""
     return {"model": str(model), "model_version": str(version), "checkpoint_sha256": digest,

@@ -47,13 +47,18 @@ class CheckResult:
 def md5sum(path: str | Path) -> str:
     """The MD5 of a file, as ``large_files.yml`` records it (MONAI's ``check_hash`` verifies, it does not
     return the hash)."""
-    import hashlib
+    from shortcut_kd.provenance import file_digest
 
-    digest = hashlib.md5()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5") or ""
+
+
+def bundle_dataset(bundle: Path) -> str:
+    """The dataset a bundle reads (``splits#dataset`` of ``configs/train.json``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    return str(parser["splits"]["dataset"])
 
 
 def _metadata(bundle: Path) -> dict:
@@ -206,13 +211,9 @@ def check_onnx(bundle: Path) -> CheckResult:
 def _sample_dataset(bundle: Path, folder: Path) -> Path:
     """A small synthetic dataset in the native layout of the bundle's dataset (``splits#dataset``): the zoo's CI
     has no data either, and the train workflow builds its splits from a dataset on disk."""
-    from monai.bundle import ConfigParser
-
     from shortcut_kd.data.synthetic import synthesize
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    return synthesize(parser["splits"]["dataset"], folder, n=48, seed=0, image_size=16)
+    return synthesize(bundle_dataset(bundle), folder, n=48, seed=0, image_size=16)
 
 
 def check_properties(bundle: Path, dataset_dir: str | Path | None = None) -> list[CheckResult]:

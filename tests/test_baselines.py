@@ -1,5 +1,6 @@
 """Baselines: each one's core rule on toy data, and the handlers inside a stock SupervisedTrainer."""
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -347,6 +348,29 @@ def test_mixing_handlers_mix_images_and_labels_alike(handler_cls):
 
     twin = handler_cls(alpha=1.0, seed=4).transform_batch(dict(batch), None)
     assert torch.equal(twin["image"], out["image"]) and torch.equal(twin["label"], soft)
+
+
+@pytest.mark.parametrize("handler_cls", [MixUpHandler, CutMixHandler])
+def test_a_batch_is_mixed_by_the_seed_and_the_iteration_alone(handler_cls):
+    """A run resumed at iteration k mixes batch k as the uninterrupted run did, with no mixer state restored."""
+    from types import SimpleNamespace
+
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    batch = {"image": torch.rand(6, 1, 12, 10, generator=torch.Generator().manual_seed(0)), "label": labels}
+
+    def mixed_at(handler, iteration):
+        engine = SimpleNamespace(state=SimpleNamespace(iteration=iteration, batch=dict(batch), device=None),
+                                 logger=logging.getLogger("test"), has_event_handler=lambda *a: True)
+        handler(engine)
+        return engine.state.batch
+
+    straight = handler_cls(alpha=1.0, seed=7)
+    for k in range(1, 5):
+        last = mixed_at(straight, k)
+    resumed = mixed_at(handler_cls(alpha=1.0, seed=7), 4)
+    assert torch.equal(resumed["image"], last["image"]) and torch.equal(resumed["label"], last["label"])
+    other = mixed_at(handler_cls(alpha=1.0, seed=7), 3)
+    assert not torch.equal(other["image"], last["image"])
 
 
 @pytest.mark.parametrize("handler_cls", [MixUpHandler, CutMixHandler])

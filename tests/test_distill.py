@@ -447,3 +447,43 @@ def test_probe_parameters_join_the_optimizer_under_an_lr_scheduler():
         # the student probe started as a copy of the teacher's and was trained
         assert len(opt.param_groups) == groups and not torch.equal(student_probe, probes["layer4"].linear.weight)
         assert opt.param_groups[-1]["lr"] == pytest.approx((lr or 0.1) * 0.25)  # followed the schedule
+
+
+@pytest.mark.parametrize("mixer", ["MixUpHandler", "CutMixHandler"])
+def test_distilling_on_mixed_batches_the_teacher_sees_what_the_student_sees(mixer):
+    """With a mixing handler on the trainer (``distill.mix``), the teacher runs on the mixed batch the student
+    is trained on, not on the raw one, and the task loss takes the mixed (soft) labels."""
+    import shortcut_kd.baselines as baselines
+
+    teacher = _net()
+    seen_by_teacher: list[torch.Tensor] = []
+    teacher.register_forward_hook(lambda _m, inputs, _o: seen_by_teacher.append(inputs[0].detach().clone()))
+    kd = LayerwiseDistillationHandler(teacher, "all", loss="attention_transfer")
+    raw = _data(8)
+    trainer = _trainer(_net(), _loader(raw, batch=8), [getattr(baselines, mixer)(alpha=1.0, seed=0), kd])
+    fed: list[tuple[torch.Tensor, ...]] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: fed.append(  # decollated: one dict per sample
+        tuple(torch.stack([torch.as_tensor(o[k]) for o in e.state.output]) for k in ("image", "label"))))
+    trainer.run()
+    assert len(fed) == 1  # one batch of 8
+    images, labels = fed[0]
+    teacher_input = seen_by_teacher[-1]  # (earlier calls: the dry forward that reads the tap shapes)
+    assert not torch.allclose(teacher_input, torch.stack([d["image"] for d in raw]))  # mixed before the teacher
+    assert torch.allclose(teacher_input, images)
+    assert labels.is_floating_point() and labels.shape == (8, 2)  # soft labels
+
+
+def test_bundle_distill_mix_adds_the_mixer_and_turns_the_teacher_cache_off():
+    from monai.bundle import ConfigParser
+    from test_bundles import REPO
+
+    configs = REPO / "bundles" / "isic2017_shortcut_kd" / "configs"
+    for mix, mixer in (("none", None), ("mixup", "MixUpHandler"), ("cutmix", "CutMixHandler")):
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), str(configs / "distill.json")])
+        parser.update({"image_size": 16, "distill#mix": mix, "distill#loss": "attention_transfer",
+                       "teacher_network": "@network_def"})
+        handlers = parser.get_parsed_content("train#extra_handlers")
+        names = [type(h).__name__ for h in handlers]
+        assert names == ["InitialWeights", *([mixer] if mixer else []), "LayerwiseDistillationHandler"]
+        assert handlers[-1].cache_teacher is (mix == "none")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from monai.transforms import CutMix, MixUp
 from monai.utils import convert_to_dst_type, convert_to_tensor
@@ -52,7 +53,15 @@ class _MixHandler(BatchTransformHandler):
         self.label_key = label_key
         # MONAI's mixers take a fixed batch size; it is set per batch (the last batch may be smaller)
         self.mixer = self.mixer_cls(batch_size=1, alpha=self.alpha)
+        self.seed = int(seed)
         self.mixer.set_random_state(seed)
+
+    def __call__(self, engine: Any) -> None:
+        # iteration k's mixing is drawn from (seed, k): a run resumed from its last checkpoint mixes its batches as
+        # the uninterrupted run did, whatever the checkpoint holds of this handler
+        state = np.random.SeedSequence([self.seed, int(engine.state.iteration)]).generate_state(1)[0]
+        self.mixer.set_random_state(int(state))
+        super().__call__(engine)
 
     def transform_batch(self, batch: dict[str, Any], device: torch.device | str | None) -> dict[str, Any]:
         for key in (self.image_key, self.label_key):

@@ -121,7 +121,8 @@ class Experiment:
                   "teacher#probe_epochs": d.probe_epochs, "groupdro#eta": b.groupdro_eta,
                   "jtt#lambda": b.jtt_lambda, "mix#alpha": b.mix_alpha,
                   "randconv#kernel_sizes": b.randconv_kernel_sizes}
-        for key in ("loss", "weight", "final_weight", "temperature", "rampup_epochs", "cache_teacher"):
+        for key in ("loss", "weight", "final_weight", "temperature", "rampup_epochs", "cache_teacher", "mix",
+                    "mix_alpha"):
             direct[f"distill#{key}"] = getattr(d, key)
         direct["distill#layers"] = self.auto_layers if d.layers == "auto" else d.layers
         o.update({k: v for k, v in direct.items() if v is not None})

@@ -35,6 +35,12 @@ class DistillSettings:
             ``teacher`` (start from the specialist teacher's weights: a variant, reported as one) or ``erm``
             (``distill#student_init``).
         lr: the student's learning rate (``optimizer#lr`` of the kd stage; default: the experiment's ``lr``).
+        mix: ``cutmix`` (the bundles' default), ``mixup`` or ``none`` (the paper's recipe as written): distil on
+            mixed pairs of training images. The teacher and the student see the same mixed batch, the task loss
+            takes the mixed labels and the teacher cache is off (``distill#mix``). Mixing pairs moves the
+            shortcut between images independently of what the teacher answers, so matching the teacher on them
+            cannot be done through the shortcut (function matching on mixed inputs, Beyer et al., CVPR 2022).
+        mix_alpha: the Beta(α, α) parameter of the mixing (``distill#mix_alpha``).
     """
 
     loss: str | None = None
@@ -47,10 +53,16 @@ class DistillSettings:
     probe_epochs: int | None = None
     student_init: str | None = None
     lr: float | None = None
+    mix: str | None = None
+    mix_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.student_init not in (None, "teacher", "scratch", "erm"):
             raise ConfigError("distill.student_init", self.student_init, "use 'teacher', 'scratch' or 'erm'.")
+        if self.mix not in (None, "none", "mixup", "cutmix"):
+            raise ConfigError("distill.mix", self.mix, "use 'none', 'mixup' or 'cutmix'.")
+        if self.mix_alpha is not None and not float(self.mix_alpha) > 0:
+            raise ConfigError("distill.mix_alpha", self.mix_alpha, "use a positive Beta(alpha, alpha) parameter.")
 
 
 @dataclass

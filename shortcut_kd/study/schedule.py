@@ -23,8 +23,12 @@ __all__ = ["open_queue", "enqueue", "job_states", "work"]
 PARAM = "job"
 
 
-def open_queue(name: str, out: Path, storage: str | None = None, heartbeat_s: int = 30, grace_s: int = 120):
-    """The study's Optuna study (created on first use)."""
+def open_queue(name: str, out: Path, storage: str | None = None, heartbeat_s: int = 30, grace_s: int = 300):
+    """The study's Optuna study (created on first use).
+
+    ``grace_s``: how long a RUNNING job may go without a heartbeat before another worker fails and re-queues
+    it. Ten missed heartbeats: on a loaded machine a live worker's heartbeat can be late by minutes, and a
+    live job failed as stale cannot report its result (Optuna: "Cannot tell a FAIL trial")."""
     import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 

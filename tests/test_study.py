@@ -200,3 +200,52 @@ def test_a_trial_is_reused_only_on_top_of_the_same_upstream_choice(tmp_path, isi
     assert [m for m, _ in calls] == ["erm", "erm", "kd", "kd"]  # both KD trials again, on the new ERM
     kd_records = [t for t in json.loads(trials_file.read_text())["trials"] if t["method"] == "kd"]
     assert all(t["upstream"]["erm"] == second["chosen"]["erm"] for t in kd_records)
+
+
+def test_a_method_added_upstream_of_nothing_leaves_the_other_trials_reusable(tmp_path, isic_tree, monkeypatch):
+    """A study that gains GroupDRO tunes GroupDRO alone: KD reads ERM and the teacher only, so its trials,
+    trained on the same ERM, are reused."""
+    import shortcut_kd.workflows.runner as runner
+    from shortcut_kd.study.jobs import tune
+
+    calls: list[str] = []
+
+    def fake_stage(exp, method, progress=False, evaluation="test"):
+        calls.append(method)
+        return {"aligned": {"auc": 1.0}, "conflicting": {"auc": 0.5}}
+
+    monkeypatch.setattr(runner, "run_stage", fake_stage)
+    out = tmp_path / "study"
+    first = tune(read_study(_study_file(tmp_path / "a.yaml", isic_tree)), out, "isic2017", "patch")
+    calls.clear()
+    space = {"erm": {"lr": {"float": [1e-4, 3e-3], "log": True}}, "kd": {"distill.weight": {"choices": [1.0, 5.0]}},
+             "groupdro": {"baselines.groupdro_eta": {"float": [1e-3, 1e-1], "log": True}}}
+    wider = _study_file(tmp_path / "b.yaml", isic_tree, methods=["erm", "groupdro", "kd"],
+                        tuning={"seeds": [7], "trials": 2, "sampler_seed": 0, "search_space": space})
+    second = tune(read_study(wider), out, "isic2017", "patch")
+    assert calls == ["groupdro", "groupdro"]
+    assert second["chosen"]["kd"] == first["chosen"]["kd"] and "groupdro" in second["chosen"]
+
+
+def test_a_study_file_that_changes_requeues_only_the_jobs_it_changes(tmp_path, isic_tree):
+    """A finished study whose file gains a variant queues its run jobs again (not its tuning); a study whose
+    file gains a seed queues that seed alone; an unchanged file queues nothing."""
+    from shortcut_kd.study.jobs import job_plans
+    from shortcut_kd.study.schedule import enqueue, job_states, open_queue, work
+
+    base = read_study(_study_file(tmp_path / "a.yaml", isic_tree))
+    queue = open_queue("plans", tmp_path / "q")
+    keys, plans = job_keys(base), job_plans(base)
+    assert enqueue(queue, keys, plans) == keys
+    assert work(queue, keys, lambda key: {}, poll_s=0.01, plans=plans) == []
+    assert all(states == ["COMPLETE"] for states in job_states(queue, plans).values())
+    assert enqueue(queue, keys, plans) == []
+
+    more_seeds = read_study(_study_file(tmp_path / "b.yaml", isic_tree, seeds=[0, 1, 2]))
+    assert enqueue(queue, job_keys(more_seeds), job_plans(more_seeds)) == ["run/isic2017/patch/seed2"]
+
+    final_only = {"kd_final": {"method": "kd", "settings": {"distill": {"layers": "none"}}}}
+    variant = read_study(_study_file(tmp_path / "c.yaml", isic_tree, seeds=[0, 1, 2], variants=final_only))
+    queued = enqueue(queue, job_keys(variant), job_plans(variant))
+    assert queued == [f"run/isic2017/patch/seed{k}" for k in (0, 1, 2)]
+    assert job_states(queue, job_plans(variant))["run/isic2017/patch/seed0"] == ["WAITING"]

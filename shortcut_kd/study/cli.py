@@ -53,18 +53,18 @@ def _progress(total: int, start: float, workers: int):
 
 
 def _worker(config: str, out: str, storage: str | None, workers: int) -> list[str]:
-    from shortcut_kd.study.jobs import job_keys, run_job
+    from shortcut_kd.study.jobs import job_keys, job_plans, run_job
     from shortcut_kd.study.schedule import job_states, open_queue, work
 
     cfg = read_study(config)
     queue = open_queue(cfg.name, Path(out), storage)
-    keys = job_keys(cfg)
+    keys, plans = job_keys(cfg), job_plans(cfg)
 
     def tune_failed(key: str) -> bool:
-        return not {"COMPLETE", "WAITING", "RUNNING"} & set(job_states(queue).get(key, []))
+        return not {"COMPLETE", "WAITING", "RUNNING"} & set(job_states(queue, plans).get(key, []))
 
     return work(queue, keys, lambda key: run_job(cfg, Path(out), key, tune_failed=tune_failed),
-                progress=_progress(len(keys), time.time(), workers))
+                progress=_progress(len(keys), time.time(), workers), plans=plans)
 
 
 def _worker_process(config: str, out: str, storage: str | None, workers: int) -> None:
@@ -76,7 +76,7 @@ def _worker_process(config: str, out: str, storage: str | None, workers: int) ->
 
 def run(args: argparse.Namespace) -> int:
     from shortcut_kd.study.aggregate import aggregate
-    from shortcut_kd.study.jobs import job_keys
+    from shortcut_kd.study.jobs import job_keys, job_plans
     from shortcut_kd.study.schedule import enqueue, job_states, open_queue
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
             for pipe in cfg.pipelines:  # generated data is written here once, before any worker reads it
                 data_dirs(cfg, pipe.dataset, out)
-            queued = enqueue(queue, job_keys(cfg))
+            queued = enqueue(queue, job_keys(cfg), job_plans(cfg))
             print(f"[study] {cfg.name}: {len(job_keys(cfg))} jobs, {len(queued)} queued, output {out}",
                   file=sys.stderr)
         if args.workers <= 1:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 p.start()
             for p in procs:
                 p.join()
-        states = job_states(queue)
+        states = job_states(queue, job_plans(cfg))
         unfinished = [k for k in job_keys(cfg) if "COMPLETE" not in states.get(k, [])]
         if unfinished:
             print(f"[study] not finished: {unfinished} (run the same command again to retry)", file=sys.stderr)

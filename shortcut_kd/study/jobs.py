@@ -26,7 +26,8 @@ from shortcut_kd.study.tuning import SELECTION_RULE, draw_trials, selection_scor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["job_keys", "run_job", "tune_dir", "cell_dir", "chosen_path", "experiment_settings", "tuning_order"]
+__all__ = ["job_keys", "job_plans", "run_job", "tune_dir", "cell_dir", "chosen_path", "experiment_settings",
+           "tuning_order"]
 
 
 def tune_dir(out: Path, dataset: str, shortcut: str) -> Path:
@@ -47,6 +48,30 @@ def job_keys(cfg: StudyConfig) -> list[str]:
     tune = [f"tune/{d}/{s}" for d, s in cfg.cells()]
     runs = [f"run/{d}/{s}/seed{k}" for d, s in cfg.cells() for k in cfg.seeds]
     return tune + runs
+
+
+def job_plans(cfg: StudyConfig) -> dict[str, str]:
+    """job key -> a digest of what the job runs, so that a study file that gains a method or a variant
+    re-queues the jobs it changes (their finished stages are reused by fingerprint, not rerun); the reported
+    seeds, the ablations' titles and the output folder do not enter a job's plan."""
+    import dataclasses
+    import hashlib
+    import json
+
+    def digest(data: dict) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    tuning = {"seeds": cfg.tuning_seeds, "trials": cfg.trials, "sampler_seed": cfg.sampler_seed,
+              "search_space": cfg.search_space, "reuse": cfg.reuse_tuning}
+    plans = {}
+    for dataset, shortcut in cfg.cells():
+        pipe = dataclasses.asdict(cfg.pipeline(dataset))
+        tune_plan = digest({"pipeline": pipe, "methods": cfg.methods, "tuning": tuning})
+        plans[f"tune/{dataset}/{shortcut}"] = tune_plan
+        run_plan = digest({"tune": tune_plan, "variants": cfg.variants, "device": cfg.device})
+        for seed in cfg.seeds:
+            plans[f"run/{dataset}/{shortcut}/seed{seed}"] = run_plan
+    return plans
 
 
 def tuning_order(methods: list[str]) -> list[str]:
@@ -146,16 +171,19 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
     log = read_json(log_path) if log_path.is_file() else {"trials": []}
     done = {(t["method"], t["trial"]): t for t in log["trials"]}
     chosen: dict[str, dict] = {}
+    reads = _stage_upstreams(cfg, out, dataset, shortcut, folder)
     for method in tuning_order(cfg.methods):
         space = cfg.search_space.get(method, {})
         candidates = draw_trials(space, cfg.trials, cfg.sampler_seed + METHOD_ORDER.index(method))
         scored = []
-        # a trial is trained on top of the settings chosen so far (ERM's under the teacher, the teacher's under
-        # KD): a record counts only when both its own parameters and those upstream choices are the same
-        upstream = {m: p for m, p in chosen.items()}
+        # a trial is trained on top of the settings chosen for the stages it reads (ERM's under the teacher, the
+        # teacher's under KD): a record counts only when its own parameters and those upstream choices are the same
+        upstream = {m: chosen[m] for m in reads[method] if m in chosen}
         for k, params in enumerate(candidates):
             record = done.get((method, k))
-            if record is None or record["params"] != params or record.get("upstream") != upstream:
+            recorded = (record or {}).get("upstream")
+            recorded = None if recorded is None else {m: recorded[m] for m in reads[method] if m in recorded}
+            if record is None or record["params"] != params or recorded != upstream:
                 start = time.time()
                 scores: dict[str, dict] = {}
                 for seed in cfg.tuning_seeds:
@@ -187,6 +215,24 @@ def tune(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
     return result
 
 
+def _stage_upstreams(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, folder: Path) -> dict[str, list]:
+    """method -> every stage it reads, directly or through another (KD: the teacher and ERM)."""
+    from shortcut_kd.workflows.experiment import Experiment
+    from shortcut_kd.workflows.runner import upstream_methods
+
+    exp = Experiment(experiment_settings(cfg, dataset, shortcut, cfg.tuning_seeds[0],
+                                         folder / f"seed{cfg.tuning_seeds[0]}", out, {}))
+    reads: dict[str, list] = {}
+
+    def closure(method: str) -> list:  # a stage the study does not list (KD's teacher) still passes ERM on
+        if method not in reads:
+            direct = upstream_methods(exp, method)
+            reads[method] = sorted({*direct, *(m for d in direct for m in closure(d))})
+        return reads[method]
+
+    return {method: closure(method) for method in cfg.methods}
+
+
 def reuse_tuning(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> dict:
     """The settings another study chose for this pipeline and shortcut (``tuning.reuse``), as this study's
     ``chosen.json`` (with where they came from); a method that study did not tune keeps the bundle defaults."""
@@ -205,10 +251,12 @@ def reuse_tuning(cfg: StudyConfig, out: Path, dataset: str, shortcut: str) -> di
 
 
 def _wait_for_tuning(out: Path, dataset: str, shortcut: str, wait_s: float, timeout_s: float | None,
-                     failed: Callable[[], bool] | None = None) -> dict:
+                     failed: Callable[[], bool] | None = None, methods: list[str] | None = None) -> dict:
+    """``chosen.json`` once it holds a choice for every one of ``methods`` (a study that gained a method
+    is re-tuned: the file of the earlier tuning is not read as this one's)."""
     path = chosen_path(out, dataset, shortcut)
     start = time.time()
-    while not path.is_file():
+    while not path.is_file() or not set(methods or []) <= set(read_json(path).get("chosen", {})):
         if failed is not None and failed():
             raise ConfigError("job", f"tune/{dataset}/{shortcut}",
                               "the tuning job failed; fix its error and run the study again.")
@@ -265,7 +313,7 @@ def run_cell(cfg: StudyConfig, out: Path, dataset: str, shortcut: str, seed: int
     from shortcut_kd.workflows.protocol import collect_results
     from shortcut_kd.workflows.runner import run_stage
 
-    chosen = _wait_for_tuning(out, dataset, shortcut, wait_s, timeout_s, failed)["chosen"]
+    chosen = _wait_for_tuning(out, dataset, shortcut, wait_s, timeout_s, failed, cfg.methods)["chosen"]
     per_method = _per_method(chosen)
     folder = cell_dir(out, dataset, shortcut, seed)
     exp = cell_experiment(cfg, out, dataset, shortcut, seed, chosen)

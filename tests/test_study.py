@@ -249,3 +249,19 @@ def test_a_study_file_that_changes_requeues_only_the_jobs_it_changes(tmp_path, i
     queued = enqueue(queue, job_keys(variant), job_plans(variant))
     assert queued == [f"run/isic2017/patch/seed{k}" for k in (0, 1, 2)]
     assert job_states(queue, job_plans(variant))["run/isic2017/patch/seed0"] == ["WAITING"]
+
+
+def test_a_pipeline_that_changes_the_network_drops_the_presets_network_arguments(tmp_path, isic_tree):
+    """The ISIC preset's ResNet ``widen_factor`` is not passed on to an AlexNet the study asks for."""
+    from shortcut_kd.study.jobs import experiment_settings
+
+    def settings_for(extra: dict):
+        pipe = {"dataset": "isic2017", "preset": "demo_isic2017", "dataset_dir": str(isic_tree / "iid"),
+                "ood_dir": str(isic_tree / "ood"), "shortcuts": ["patch"], "settings": extra}
+        cfg = read_study(_study_file(tmp_path / "p.yaml", isic_tree, pipelines=[pipe]))
+        return experiment_settings(cfg, "isic2017", "patch", 0, tmp_path / "cell", tmp_path)
+
+    assert settings_for({}).arch_kwargs == {"widen_factor": 0.5}
+    assert settings_for({"arch_kwargs": {"widen_factor": 0.25}}).arch_kwargs == {"widen_factor": 0.25}
+    alexnet = settings_for({"architecture": "alexnet", "arch_kwargs": {"hidden": 64}})
+    assert alexnet.architecture == "alexnet" and alexnet.arch_kwargs == {"hidden": 64}

@@ -123,6 +123,9 @@ def experiment_settings(cfg: StudyConfig, dataset: str, shortcut: str, seed: int
     preset = {k: v for k, v in (load_protocol_preset(pipe.preset) if pipe.preset else {}).items()
               if k not in DATA_KEYS}
     data_dir, ood_dir = data_dirs(cfg, dataset, out)
+    for arch, kwargs in (("architecture", "arch_kwargs"), ("teacher_architecture", "teacher_arch_kwargs")):
+        if pipe.settings.get(arch) not in (None, preset.get(arch)):  # another network: the preset's kwargs
+            preset.pop(kwargs, None)                                   # (a ResNet's widen_factor) are not its
     base = _deep_merge(preset, pipe.settings)
     base.update({"dataset": dataset, "shortcut": shortcut, "dataset_dir": data_dir, "ood_dir": ood_dir,
                  "output_dir": str(folder), "seed": int(seed), "per_method": per_method or {}})

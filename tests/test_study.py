@@ -237,7 +237,7 @@ def test_a_study_file_that_changes_requeues_only_the_jobs_it_changes(tmp_path, i
     queue = open_queue("plans", tmp_path / "q")
     keys, plans = job_keys(base), job_plans(base)
     assert enqueue(queue, keys, plans) == keys
-    assert work(queue, keys, lambda key: {}, poll_s=0.01, plans=plans) == []
+    assert work(queue, keys, plans, lambda key: {}, poll_s=0.01) == []
     assert all(states == ["COMPLETE"] for states in job_states(queue, plans).values())
     assert enqueue(queue, keys, plans) == []
 
@@ -252,7 +252,7 @@ def test_a_study_file_that_changes_requeues_only_the_jobs_it_changes(tmp_path, i
 
 
 def test_a_pipeline_that_changes_the_network_drops_the_presets_network_arguments(tmp_path, isic_tree):
-    """The ISIC preset's ResNet ``widen_factor`` is not passed on to an AlexNet the study asks for."""
+    """The ISIC preset's ResNet ``widen_factor`` is not passed on to an AlexNet the study or a variant asks for."""
     from shortcut_kd.study.jobs import experiment_settings
 
     def settings_for(extra: dict):
@@ -265,3 +265,7 @@ def test_a_pipeline_that_changes_the_network_drops_the_presets_network_arguments
     assert settings_for({"arch_kwargs": {"widen_factor": 0.25}}).arch_kwargs == {"widen_factor": 0.25}
     alexnet = settings_for({"architecture": "alexnet", "arch_kwargs": {"hidden": 64}})
     assert alexnet.architecture == "alexnet" and alexnet.arch_kwargs == {"hidden": 64}
+    assert settings_for({"architecture": "alexnet"}).arch_kwargs == {}
+    # a variant's network change goes through the same rule
+    assert settings_for({}).replace(architecture="alexnet").arch_kwargs == {}
+    assert settings_for({}).replace(teacher_architecture="alexnet").arch_kwargs == {"widen_factor": 0.5}

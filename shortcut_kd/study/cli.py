@@ -60,11 +60,12 @@ def _worker(config: str, out: str, storage: str | None, workers: int) -> list[st
     queue = open_queue(cfg.name, Path(out), storage)
     keys, plans = job_keys(cfg), job_plans(cfg)
 
-    def tune_failed(key: str) -> bool:
-        return not {"COMPLETE", "WAITING", "RUNNING"} & set(job_states(queue, plans).get(key, []))
+    def tune_failed(key: str) -> bool:  # it failed and is neither queued again, running nor done
+        states = set(job_states(queue, plans).get(key, []))
+        return "FAIL" in states and not {"COMPLETE", "WAITING", "RUNNING"} & states
 
-    return work(queue, keys, lambda key: run_job(cfg, Path(out), key, tune_failed=tune_failed),
-                progress=_progress(len(keys), time.time(), workers), plans=plans)
+    return work(queue, keys, plans, lambda key: run_job(cfg, Path(out), key, tune_failed=tune_failed),
+                progress=_progress(len(keys), time.time(), workers))
 
 
 def _worker_process(config: str, out: str, storage: str | None, workers: int) -> None:
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = read_study(args.config)
     out = study_output(cfg, args.out)
+    keys, plans = job_keys(cfg), job_plans(cfg)
     if not args.aggregate_only:
         queue = open_queue(cfg.name, out, args.storage)
         if not args.join:
@@ -89,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
             for pipe in cfg.pipelines:  # generated data is written here once, before any worker reads it
                 data_dirs(cfg, pipe.dataset, out)
-            queued = enqueue(queue, job_keys(cfg), job_plans(cfg))
-            print(f"[study] {cfg.name}: {len(job_keys(cfg))} jobs, {len(queued)} queued, output {out}",
+            queued = enqueue(queue, keys, plans)
+            print(f"[study] {cfg.name}: {len(keys)} jobs, {len(queued)} queued, output {out}",
                   file=sys.stderr)
         if args.workers <= 1:
             _worker(args.config, str(out), args.storage, 1)
@@ -102,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
                 p.start()
             for p in procs:
                 p.join()
-        states = job_states(queue, job_plans(cfg))
-        unfinished = [k for k in job_keys(cfg) if "COMPLETE" not in states.get(k, [])]
+        states = job_states(queue, plans)
+        unfinished = [k for k in keys if "COMPLETE" not in states.get(k, [])]
         if unfinished:
             print(f"[study] not finished: {unfinished} (run the same command again to retry)", file=sys.stderr)
     if args.layer_use:

@@ -117,16 +117,13 @@ def experiment_settings(cfg: StudyConfig, dataset: str, shortcut: str, seed: int
     """The settings of one experiment of the study: the pipeline's preset and settings, the shortcut, the
     seed (it varies the split, the shortcut assignment and the initialisation) and the per-method choices."""
     from shortcut_kd.workflows.presets import load_protocol_preset
-    from shortcut_kd.workflows.settings import DATA_KEYS, from_dict
+    from shortcut_kd.workflows.settings import DATA_KEYS, from_dict, without_replaced_network_kwargs
 
     pipe = cfg.pipeline(dataset)
     preset = {k: v for k, v in (load_protocol_preset(pipe.preset) if pipe.preset else {}).items()
               if k not in DATA_KEYS}
     data_dir, ood_dir = data_dirs(cfg, dataset, out)
-    for arch, kwargs in (("architecture", "arch_kwargs"), ("teacher_architecture", "teacher_arch_kwargs")):
-        if pipe.settings.get(arch) not in (None, preset.get(arch)):  # another network: the preset's kwargs
-            preset.pop(kwargs, None)                                   # (a ResNet's widen_factor) are not its
-    base = _deep_merge(preset, pipe.settings)
+    base = _deep_merge(without_replaced_network_kwargs(preset, pipe.settings), pipe.settings)
     base.update({"dataset": dataset, "shortcut": shortcut, "dataset_dir": data_dir, "ood_dir": ood_dir,
                  "output_dir": str(folder), "seed": int(seed), "per_method": per_method or {}})
     if cfg.device:

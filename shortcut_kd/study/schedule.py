@@ -41,33 +41,31 @@ def open_queue(name: str, out: Path, storage: str | None = None, heartbeat_s: in
     return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True)
 
 
-def job_states(queue, plans: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """job key -> the states of its trials (e.g. ``["FAIL", "COMPLETE"]``). With ``plans`` (job key -> plan
-    digest), only the trials queued with the job's current plan count: a job whose plan changed is new."""
+def job_states(queue, plans: dict[str, str]) -> dict[str, list[str]]:
+    """job key -> the states of its trials (e.g. ``["FAIL", "COMPLETE"]``). Only the trials queued with the
+    job's current plan (``plans``: job key -> plan digest) count: a job whose plan changed is new."""
     states: dict[str, list[str]] = {}
     for trial in queue.get_trials(deepcopy=False):
         key = trial.params.get(PARAM) or trial.system_attrs.get("fixed_params", {}).get(PARAM)
-        if key and (plans is None or trial.user_attrs.get("plan") == plans.get(key)):
+        if key and trial.user_attrs.get("plan") == plans.get(key):
             states.setdefault(key, []).append(trial.state.name)
     return states
 
 
-def enqueue(queue, keys: list[str], plans: dict[str, str] | None = None) -> list[str]:
+def enqueue(queue, keys: list[str], plans: dict[str, str]) -> list[str]:
     """Queue every job that is not complete, waiting or running (failed jobs again) under its current plan;
     return those queued."""
     states = job_states(queue, plans)
     queued = []
     for key in keys:
         if not {"COMPLETE", "WAITING", "RUNNING"} & set(states.get(key, [])):
-            attrs = {"enqueued": True, **({"plan": plans[key]} if plans and key in plans else {})}
-            queue.enqueue_trial({PARAM: key}, user_attrs=attrs)
+            queue.enqueue_trial({PARAM: key}, user_attrs={"enqueued": True, "plan": plans[key]})
             queued.append(key)
     return queued
 
 
-def work(queue, keys: list[str], run: Callable[[str], dict], poll_s: float = 5.0,
-         progress: Callable[[dict[str, list[str]]], None] | None = None,
-         plans: dict[str, str] | None = None) -> list[str]:
+def work(queue, keys: list[str], plans: dict[str, str], run: Callable[[str], dict], poll_s: float = 5.0,
+         progress: Callable[[dict[str, list[str]]], None] | None = None) -> list[str]:
     """Pop and run jobs until none is waiting or running; return the keys of jobs that failed here."""
     import optuna
     from optuna.storages import fail_stale_trials

@@ -189,14 +189,29 @@ class ExperimentSettings:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "ExperimentSettings":
-        """A copy with ``changes`` applied (nested ``distill`` / ``baselines`` as dicts merge)."""
-        data = self.to_dict()
+        """A copy with ``changes`` applied (nested ``distill`` / ``baselines`` as dicts merge). Naming another
+        network drops the old network's arguments unless ``changes`` gives new ones."""
+        data = without_replaced_network_kwargs(self.to_dict(), changes)
         for key, value in changes.items():
             if key in ("distill", "baselines") and isinstance(value, dict):
                 data[key].update(value)
             else:
                 data[key] = value
         return from_dict(data)
+
+
+NETWORK_KWARGS = {"architecture": "arch_kwargs", "teacher_architecture": "teacher_arch_kwargs"}
+"""Each network setting and the setting that holds that network's constructor arguments."""
+
+
+def without_replaced_network_kwargs(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` without the constructor arguments of any network that ``changes`` replaces by another one: a
+    ResNet's ``widen_factor`` means nothing to an AlexNet, and they are never merged into the new network's."""
+    out = dict(base)
+    for network, kwargs in NETWORK_KWARGS.items():
+        if changes.get(network) not in (None, base.get(network)):
+            out.pop(kwargs, None)
+    return out
 
 
 SHARED_KEYS = ("dataset", "dataset_dir", "output_dir", "ood_dir", "shortcut", "shortcut_overrides", "p_bias_pos",

@@ -100,3 +100,37 @@ def test_study_summary_compares_localized_with_diffuse_and_keeps_a_native_bias_a
                                                                                       "localized earlier")
     (pair,) = comparison["seeds"]
     assert pair["seed"] == 0 and pair["localized"] < pair["diffuse"]
+
+
+class _ShortcutHead(nn.Module):
+    """Logits [shortcut, signal + 3 shortcut]: the model's decision (logit 1 − logit 0 = signal + 2 shortcut)
+    relies on the shortcut, yet a probe refitted on the two logits could cancel it (logit 1 − 3 logit 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.early = nn.Identity()
+        self.head = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.0, 1.0, 0, 0], [1.0, 3.0, 0, 0]]))
+
+    def forward(self, x):
+        return self.head(self.early(x))
+
+
+def test_output_row_scores_the_models_own_decision_not_a_refitted_probe():
+    from sklearn.metrics import roc_auc_score
+
+    fit, aligned, conflicting = _sets()
+    model = _ShortcutHead()
+    (early, output) = shortcut_use(model, ["early"], fit, aligned, conflicting)
+    assert output["tap"] == "output" and output["n_fit"] == 0
+
+    def own_auc(batches):
+        with torch.no_grad():
+            score = torch.cat([model(b["image"]).softmax(1)[:, 1] for b in batches]).numpy()
+        return roc_auc_score(torch.cat([b["label"] for b in batches]).numpy(), score)
+
+    assert output["auc_aligned"] == pytest.approx(own_auc(aligned))
+    assert output["auc_conflicting"] == pytest.approx(own_auc(conflicting))
+    assert output["use"] > 0.3  # the decision uses the shortcut
+    assert abs(early["use"]) < 0.06  # the input keeps signal and shortcut apart

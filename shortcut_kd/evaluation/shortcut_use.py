@@ -12,8 +12,9 @@ that never relied on it can still encode it (a bright patch is easy to see). Use
 A layer that keeps the shortcut in its own direction scores the same on both sets (use ≈ 0, however well the
 shortcut can be decoded). A layer that has merged it into the features that carry the label — what a model
 that relies on the shortcut does before its classifier — is better when the shortcut agrees with the label
-and worse when it does not (use > 0). The last row, ``output``, probes the model's logits: its use is the
-model's own aligned-vs-conflicting gap.
+and worse when it does not (use > 0). The last row, ``output``, is not a probe: it scores the model's own
+prediction (its positive-class probability), so its use is the model's own aligned-vs-conflicting AUC gap. A
+probe refitted on the logits could weigh them so as to cancel a shortcut the model's decision relies on.
 
 :func:`uptake_depth` gives the shallowest tap whose use reaches :data:`USE_THRESHOLD`: where the shortcut is
 taken up. Comparing it between a localized and a diffuse shortcut tests whether they are taken up at
@@ -46,7 +47,7 @@ USE_THRESHOLD = 0.1
 """Use (aligned minus conflicting probe AUC) from which a tap counts as using the shortcut. With about a
 hundred images per test set the AUC difference has a sampling error near ±0.05; 0.1 is twice that."""
 OUTPUT_TAP = "output"
-"""The row name of the model's logits (probed like a tap)."""
+"""The row name of the model's own prediction (scored as it is, not probed)."""
 USE_KEYS = ("model", "tap", "depth", "auc_aligned", "auc_conflicting", "use", "n_fit", "n_aligned",
             "n_conflicting", "note")
 
@@ -56,6 +57,19 @@ def _auc(clf: Any, x: np.ndarray, y: np.ndarray) -> float | None:
     if len(np.unique(y)) < 2:
         return None
     return float(roc_auc_score(y, clf.predict_proba(x)[:, list(clf.classes_).index(1)]))
+
+
+def _own_score(logits: np.ndarray) -> np.ndarray:
+    """The model's own positive-class score from its logits (one logit: that logit; else class 1's softmax)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(shifted[:, 1]) / np.exp(shifted).sum(axis=1)
+
+
+def _score_auc(score: np.ndarray, y: np.ndarray) -> float | None:
+    y = y.astype(int)
+    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
 
 
 def shortcut_use(model: nn.Module, taps: Sequence[str], fit_loader: Iterable, aligned_loader: Iterable,
@@ -74,7 +88,7 @@ def shortcut_use(model: nn.Module, taps: Sequence[str], fit_loader: Iterable, al
         model_name: written into each row's ``model`` field.
         C: inverse L2 strength of the logistic regression (standardised features).
         seed: seed of the solver.
-        with_output: add the ``output`` row (a probe on the model's logits).
+        with_output: add the ``output`` row (the model's own prediction, no probe).
 
     Returns:
         one row per tap (then ``output``), shallow to deep.
@@ -93,6 +107,13 @@ def shortcut_use(model: nn.Module, taps: Sequence[str], fit_loader: Iterable, al
                                "n_fit": int(len(fit_y["label"])), "n_aligned": int(len(al_y["label"])),
                                "n_conflicting": int(len(co_y["label"])), "note": ""}
         y = fit_y["label"].astype(int)
+        if not name:  # the model's own decision: nothing is fitted
+            aligned = _score_auc(_own_score(al_x[name]), al_y["label"])
+            conflicting = _score_auc(_own_score(co_x[name]), co_y["label"])
+            use = None if aligned is None or conflicting is None else aligned - conflicting
+            rows.append({**row, "n_fit": 0, "auc_aligned": aligned, "auc_conflicting": conflicting, "use": use,
+                         "note": "" if use is not None else "one class only in a test set"})
+            continue
         if len(np.unique(y)) < 2:
             rows.append({**row, "auc_aligned": None, "auc_conflicting": None, "use": None,
                          "note": "one class only in the probe's fitting data"})

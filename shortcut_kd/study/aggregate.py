@@ -274,7 +274,8 @@ def format_study(study: dict) -> str:
                   "label) and scored on `test_aligned` and `test_conflicting` (without that half); use = AUC aligned "
                   "− AUC conflicting (0: the layer's label read-out ignores the shortcut, however decodable it is). "
                   f"Uptake: the shallowest tap with use ≥ {study['layer_use']['threshold']} (relative depth in "
-                  "brackets); `output` is the model's logits.", "", *format_layer_use(study["layer_use"])]
+                  "brackets); `output` is the model's own prediction: its aligned − conflicting test AUC, no "
+                  "probe.", "", *format_layer_use(study["layer_use"])]
     ranks = study["ranks"]
     lines += ["## Ranks across cells", ""]
     if ranks.get("friedman"):

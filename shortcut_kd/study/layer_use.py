@@ -51,6 +51,24 @@ def measure_layer_use(cfg: StudyConfig, out: Path) -> list[Path]:
     return written
 
 
+def _with_own_output(rows: list[dict], results_path: Path) -> list[dict]:
+    """``rows`` with each model's ``output`` row taken from the cell's test results: the model's own
+    aligned − conflicting AUC, the numbers of the study's table (files measured before the output row scored
+    the model's own prediction held a probe refitted on the logits there)."""
+    from shortcut_kd.evaluation.shortcut_use import OUTPUT_TAP
+
+    methods = read_json(results_path).get("methods", {}) if results_path.is_file() else {}
+    fixed = []
+    for row in rows:
+        test = (methods.get(row["model"]) or {}).get("test") or {}
+        aligned, conflicting = ((test.get(v) or {}).get("auc") for v in ("aligned", "conflicting"))
+        if row["tap"] == OUTPUT_TAP and aligned is not None and conflicting is not None:
+            row = {**row, "auc_aligned": aligned, "auc_conflicting": conflicting, "use": aligned - conflicting,
+                   "note": "the model's own test AUCs (results.json)"}
+        fixed.append(row)
+    return fixed
+
+
 def summarise_layer_use(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     """Per cell the mean use per method and tap and the uptake depths; per pipeline localized vs diffuse."""
     import numpy as np
@@ -61,7 +79,7 @@ def summarise_layer_use(cfg: StudyConfig, out: Path) -> dict[str, Any]:
 
     cells: dict[str, Any] = {}
     for dataset, shortcut in cfg.cells():
-        runs = {seed: read_json(p)["rows"] for seed in cfg.seeds
+        runs = {seed: _with_own_output(read_json(p)["rows"], p.parent / "results.json") for seed in cfg.seeds
                 if (p := cell_dir(out, dataset, shortcut, seed) / "layer_use.json").is_file()}
         if not runs:
             continue

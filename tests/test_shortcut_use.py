@@ -134,3 +134,23 @@ def test_output_row_scores_the_models_own_decision_not_a_refitted_probe():
     assert output["auc_conflicting"] == pytest.approx(own_auc(conflicting))
     assert output["use"] > 0.3  # the decision uses the shortcut
     assert abs(early["use"]) < 0.06  # the input keeps signal and shortcut apart
+
+
+def test_an_order_measured_on_some_seeds_only_is_not_claimed(tmp_path):
+    import json
+
+    from shortcut_kd.study.config import read_study
+    from shortcut_kd.study.layer_use import summarise_layer_use
+
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\npipelines:\n  - {dataset: chexpert, preset: demo_chexpert, synthetic_n: 100, "
+                     "shortcuts: [tag, noise]}\nmethods: [erm]\nseeds: [0, 1]\ntuning: {seeds: [100], trials: 1}\n")
+    used_from = {("tag", 0): 1, ("noise", 0): 3, ("tag", 1): 1, ("noise", 1): None}  # seed 1: no noise uptake
+    for (shortcut, seed), first in used_from.items():
+        folder = tmp_path / "cells" / "chexpert" / shortcut / f"seed{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"model": "erm", "tap": f"layer{d + 1}", "depth": d,
+                 "use": 0.5 if first is not None and d >= first else 0.0} for d in range(4)]
+        (folder / "layer_use.json").write_text(json.dumps({"rows": rows, "methods": ["erm"]}))
+    (comparison,) = summarise_layer_use(read_study(study), tmp_path)["localized_vs_diffuse"]
+    assert comparison["earlier"] == 1 and comparison["answer"] == "not established: ordered on 1 of 2 seeds"

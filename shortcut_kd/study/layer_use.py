@@ -110,9 +110,11 @@ def summarise_layer_use(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                 known = [p for p in pairs if p["localized"] is not None and p["diffuse"] is not None]
                 earlier = sum(p["localized"] < p["diffuse"] for p in known)
                 later = sum(p["localized"] > p["diffuse"] for p in known)
+                # an order is claimed only when every seed measured both uptakes and agrees
                 answer = ("no uptake measured in both" if not known else
-                          "localized earlier" if earlier > later and earlier == len(known) else
-                          "diffuse earlier" if later > earlier and later == len(known) else "not consistent")
+                          f"not established: ordered on {len(known)} of {len(pairs)} seeds" if len(known) < len(pairs)
+                          else "localized earlier" if earlier == len(known) else
+                          "diffuse earlier" if later == len(known) else "not consistent")
                 comparisons.append({"dataset": dataset, "localized": loc["shortcut"], "diffuse": dif["shortcut"],
                                     "seeds": pairs, "earlier": earlier, "same": len(known) - earlier - later,
                                     "later": later, "answer": answer})
